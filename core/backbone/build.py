@@ -1,0 +1,84 @@
+"""Turning a spec (+ optional weights file) into an open_clip model with checked weights."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .spec import RANDOM_TAG, BackboneSpec, tiny_world_dir
+from .weights import load_into, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    tokenizer: Callable
+    source: str
+
+
+def _arch_quick_gelu(arch: str) -> bool:
+    return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
+
+
+def _tiny_world() -> BuiltModel:
+    folder = tiny_world_dir()
+    weights = folder / "open_clip_model.safetensors"
+    if not (folder / "open_clip_config.json").is_file() or not weights.is_file():
+        raise UserError(f"the bundled tiny-world weights are missing from {folder}; rebuild them "
+                        "with 'clipheads clip train --config tiny_world' (docs/tiny_world.md) or "
+                        "pass --backbone ARCH:TAG / --backbone ARCH --weights FILE")
+    name = f"local-dir:{folder}"
+    model = open_clip.create_model(name, load_weights=False)
+    ckpt = read_checkpoint(weights)
+    load_into(model, ckpt, "tiny-world", quick_gelu=bool(ckpt.quick_gelu))
+    return BuiltModel(model, open_clip.get_tokenizer(name), f"bundled {weights.name}")
+
+
+def _pretrained(spec: BackboneSpec, cache_dir: str | None) -> BuiltModel:
+    arch, tag = spec.arch, spec.tag
+    tag_qg = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    if _arch_quick_gelu(arch) and not tag_qg:
+        raise UserError(f"pretrained tag '{tag}' was trained with GELU but '{arch}' uses "
+                        f"QuickGELU; use --backbone {arch.removesuffix('-quickgelu')}:{tag}")
+    try:
+        model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=tag_qg,
+                                       cache_dir=cache_dir)
+    except Exception as exc:
+        raise UserError(f"could not fetch weights for {spec} ({type(exc).__name__}); when offline, "
+                        f"download them elsewhere and pass --backbone {arch} --weights FILE") from exc
+    return BuiltModel(model, open_clip.get_tokenizer(arch), f"open_clip pretrained '{tag}'")
+
+
+def _random(spec: BackboneSpec) -> BuiltModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model(spec.arch)
+    return BuiltModel(model, open_clip.get_tokenizer(spec.arch), "random init (seed 0)")
+
+
+def _from_file(spec: BackboneSpec, weights: Path, allow_torchscript: bool) -> BuiltModel:
+    ckpt = read_checkpoint(weights, allow_torchscript=allow_torchscript)
+    model = open_clip.create_model(spec.arch)
+    load_into(model, ckpt, spec.arch, quick_gelu=_arch_quick_gelu(spec.arch))
+    return BuiltModel(model, open_clip.get_tokenizer(spec.arch), str(weights))
+
+
+def build_model(spec: BackboneSpec, weights: str | Path | None = None, *,
+                allow_torchscript: bool = False, cache_dir: str | None = None) -> BuiltModel:
+    if spec.is_tiny_world:
+        return _tiny_world()
+    if spec.tag == RANDOM_TAG:
+        return _random(spec)
+    if spec.tag is not None:
+        return _pretrained(spec, cache_dir)
+    if weights is None:
+        raise UserError(f"backbone '{spec}' needs --weights FILE")
+    return _from_file(spec, Path(weights), allow_torchscript)

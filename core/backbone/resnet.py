@@ -1,0 +1,57 @@
+"""Walking an open_clip ModifiedResNet stage by stage, and its attention pool's value path."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def stages(visual: nn.Module) -> list[nn.Module]:
+    return [visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+
+
+def check_size(height: int, width: int) -> None:
+    if height < 32 or width < 32:
+        raise UserError(f"image of {height}x{width} pixels is smaller than the ResNet's "
+                        "32-pixel stride; resize it up first")
+
+
+def _pool_positions(pool: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    pos = pool.positional_embedding
+    side = int(round((pos.shape[0] - 1) ** 0.5))
+    if (side, side) == tuple(grid):
+        return pos
+    patch = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False)
+    patch = patch.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([pos[:1], patch], dim=0)
+
+
+def attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CLIP's QKV attention pool for any spatial size (position embedding resized)."""
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).permute(2, 0, 1)
+    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+    tokens = tokens + _pool_positions(pool, (h, w))[:, None, :].to(tokens.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=c,
+        num_heads=pool.num_heads, q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+        out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=False, need_weights=False)
+    return out[0]
+
+
+def value_path(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP for ResNets: every position's value through v_proj and c_proj -> [B, D, h, w]."""
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2) + _pool_positions(pool, (h, w))[1:].to(x.dtype)
+    dense = pool.c_proj(pool.v_proj(tokens))
+    return dense.transpose(1, 2).reshape(b, -1, h, w)

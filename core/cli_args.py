@@ -1,0 +1,44 @@
+"""Argument helpers shared by tasks: label lists, image lists, output folders."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+from .text import check_labels
+
+
+def add_label_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--labels", help="comma-separated labels, e.g. 'cat,dog,other'")
+    group.add_argument("--labels-file", type=Path, help="a text file with one label per line")
+
+
+def read_labels(args: argparse.Namespace) -> list[str]:
+    """Labels from --labels or --labels-file, checked (no empties, no duplicates)."""
+    if getattr(args, "labels_file", None):
+        path: Path = args.labels_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read labels file {path}: {exc}") from exc
+        return check_labels([ln for ln in lines if ln.strip()], where=str(path))
+    raw = getattr(args, "labels", None)
+    if raw is None:
+        raise UserError("no labels given: pass --labels 'a,b,c' or --labels-file FILE")
+    return check_labels(raw.split(","), where="--labels")
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    """Create `path` (and parents) and prove it is writable, before any work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".clipheads-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"output directory {path} is not writable ({exc.strerror or exc}); "
+                        "choose another --out") from exc
+    return path

@@ -1,0 +1,195 @@
+"""Typed configs: dataclasses are the schema, YAML files fill them, `--set a.b=c` overrides.
+
+Unknown keys are errors with a suggestion; values are coerced to the field's type (so
+`--set train.lr=1e-3` is a float and `--set layers=[2,5,8,11]` a list of ints).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+from .errors import UserError, close_matches
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Provenance:
+    """What a reproduction config reproduces, what it should reach, and what differs."""
+
+    paper: str = ""
+    expected: dict[str, float] = dataclasses.field(default_factory=dict)
+    fidelity: str = ""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+        return from_dict(hint, value, where)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or hint is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass `cls` from a nested dict; unknown keys are errors with suggestions."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"{where}: unknown key '{key}'{close_matches(key, names)}; "
+                            f"valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b=c` strings to a nested dict; values are parsed as YAML (typed)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def configs_root() -> Path:
+    return Path(str(resources.files("clipheads.configs")))
+
+
+def list_configs() -> dict[str, list[str]]:
+    """task -> names of its bundled YAML configs."""
+    root = configs_root()
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith("_")}
+
+
+def resolve_config_path(task: str, name_or_path: str) -> Path:
+    """A file path, or the name of a bundled config of `task` (`tiny_world`)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    bundled = configs_root() / task / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = list_configs().get(task, [])
+    raise UserError(f"config '{name_or_path}' not found as a file or as a bundled {task} config"
+                    f"{close_matches(name_or_path, names)}; bundled: {', '.join(names) or 'none'}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: Path | None = None, overrides: Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> T:
+    """Defaults <- YAML file <- `base` (CLI options) <- overrides, validated into `cls`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+        data.pop("task", None)
+    if base:
+        data = _merge(data, base)
+    data = apply_overrides(data, overrides)
+    return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def save_config(cfg: Any, path: Path, task: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"task": task, **to_dict(cfg)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+    tmp.replace(path)

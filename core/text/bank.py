@@ -1,0 +1,131 @@
+"""The text bank: template-averaged label embeddings, encoded once per backbone.
+
+Keyed by (backbone fingerprint, template set, label). Memory first, then disk
+(`$CLIPHEADS_CACHE`, default `~/.cache/clipheads`). An unwritable cache directory falls
+back to memory with one warning; it never fails a run.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import UserError
+from .templates import get_templates, render
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CLIPHEADS_CACHE", Path.home() / ".cache" / "clipheads"))
+
+
+def check_labels(labels: Sequence[str], where: str = "--labels") -> list[str]:
+    """Strip labels and refuse empty lists, empty labels and duplicates (one clear line)."""
+    cleaned = [str(label).strip() for label in labels]
+    if not cleaned:
+        raise UserError(f"{where}: the label list is empty; give at least one label, "
+                        "e.g. --labels 'cat,dog'")
+    if any(not label for label in cleaned):
+        raise UserError(f"{where}: empty label at position {cleaned.index('') + 1}; "
+                        "remove the stray comma")
+    seen: set[str] = set()
+    dupes = [label for label in cleaned if label in seen or seen.add(label)]
+    if dupes:
+        raise UserError(f"{where}: duplicate label(s) {', '.join(sorted(set(dupes)))}; "
+                        "each label may appear once")
+    return cleaned
+
+
+class TextBank:
+    """Label embeddings for one backbone; `encoded_prompts` counts real encoder calls."""
+
+    def __init__(self, backbone, cache_dir: str | Path | None = None, batch_size: int = 256,
+                 use_disk: bool = True):
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.encoded_prompts = 0
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}
+        self._loaded_dirs: set[Path] = set()
+        self._disk: Path | None = None
+        if use_disk:
+            root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            self._disk = self._writable(root / "textbank" / backbone.fingerprint)
+
+    @staticmethod
+    def _writable(folder: Path) -> Path | None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder):
+                pass
+            return folder
+        except OSError as exc:
+            log.warning("text cache %s is not writable (%s); caching in memory only",
+                        folder, exc.strerror or exc)
+            return None
+
+    @staticmethod
+    def _set_key(templates: Sequence[str]) -> str:
+        return hashlib.sha1("\n".join(templates).encode()).hexdigest()[:12]
+
+    def embed(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
+        """[len(labels), D] unit-norm embeddings, each the re-normalised mean over templates."""
+        labels = check_labels(labels)
+        tmpl = get_templates(templates) if isinstance(templates, str) else tuple(templates)
+        set_key = self._set_key(tmpl)
+        self._load_disk(set_key)
+        missing = [lb for lb in labels if (set_key, lb) not in self._memory]
+        if missing:
+            new = self._encode(missing, tmpl)
+            for lb, e in zip(missing, new):
+                self._memory[(set_key, lb)] = e
+            self._save_disk(set_key, missing, new)
+        return torch.stack([self._memory[(set_key, lb)] for lb in labels]).to(self.backbone.device)
+
+    def _encode(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+        prompts = [p for lb in labels for p in render(templates, lb)]
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(prompts), self.batch_size):
+                chunk = prompts[i:i + self.batch_size]
+                chunks.append(self.backbone.encode_text(chunk, normalize=True).float().cpu())
+                self.encoded_prompts += len(chunk)
+        per_prompt = torch.cat(chunks).reshape(len(labels), len(templates), -1)
+        return torch.nn.functional.normalize(per_prompt.mean(dim=1), dim=-1)
+
+    def _shard_dir(self, set_key: str) -> Path | None:
+        return None if self._disk is None else self._disk / set_key
+
+    def _load_disk(self, set_key: str) -> None:
+        folder = self._shard_dir(set_key)
+        if folder is None or folder in self._loaded_dirs or not folder.is_dir():
+            return
+        for shard in sorted(folder.glob("*.pt")):
+            try:
+                data = torch.load(shard, map_location="cpu", weights_only=True)
+                for lb, e in zip(data["labels"], data["embeddings"]):
+                    self._memory.setdefault((set_key, lb), e)
+            except Exception as exc:  # a damaged shard is re-encoded, never fatal
+                log.warning("ignoring damaged text cache shard %s (%s)", shard, type(exc).__name__)
+        self._loaded_dirs.add(folder)
+
+    def _save_disk(self, set_key: str, labels: list[str], emb: torch.Tensor) -> None:
+        folder = self._shard_dir(set_key)
+        if folder is None:
+            return
+        name = hashlib.sha1("\n".join(labels).encode()).hexdigest()[:16] + ".pt"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"labels": labels, "embeddings": emb}, f)
+            os.replace(tmp, folder / name)
+        except OSError as exc:
+            log.warning("could not write text cache in %s (%s); keeping it in memory",
+                        folder, exc.strerror or exc)
+            self._disk = None
