@@ -280,7 +280,7 @@ class FrozenCLIP(nn.Module):
             half = (rois[:, 3:5] - rois[:, 1:3]) / 2 * s
             scaled = torch.cat([rois[:, :1], centre - half, centre + half], dim=1)
             crops = roi_align(pixels, scaled, output_size=self.image_size, spatial_scale=1.0,
-                              sampling_ratio=2, aligned=True)
+                              sampling_ratio=0, aligned=True)  # adaptive: antialiased when shrinking
             total = total + torch.cat([self.encode_image(c, normalize=True)
                                        for c in crops.split(batch_size)])
         return F.normalize(total, dim=-1)
