@@ -10,11 +10,25 @@ from typing import Sequence
 
 from .cli_args import ensure_writable_dir
 from .config import list_configs, load_config, resolve_config_path, save_config
-from .errors import UserError
+from .errors import UserError, close_matches
 from .registry import TASKS
 from .task import Context
 
 ACTION_METHODS = {"infer": "infer", "train": "train", "eval": "evaluate"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors become one-line UserErrors (exit 2) with suggestions."""
+
+    def error(self, message: str):
+        import re
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip(" '") for c in m.group(2).split(",")]
+            message = (f"unknown {'command' if self.prog == 'clipheads' else 'choice'} "
+                       f"'{m.group(1)}'{close_matches(m.group(1), choices)}; "
+                       f"choose from {', '.join(choices)}")
+        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -34,7 +48,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clipheads",
         description="One frozen CLIP backbone, many task heads.",
         epilog="Run 'clipheads list' to see backbones, tasks and configs.")

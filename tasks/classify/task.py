@@ -59,7 +59,7 @@ class ClassifyTask(Task):
 
     def infer(self, args: argparse.Namespace) -> list[dict]:
         probe = LinearProbe.load(args.probe) if args.probe else None
-        if probe is None and not (args.labels or args.labels_file):
+        if probe is None and args.labels is None and args.labels_file is None:
             raise UserError("pass --labels 'a,b,c' (zero-shot) or --probe DIR (linear probe)")
         images = [load_image(p) for p in args.image]  # every file checked before any work
         k = args.top or self.cfg.top_k
