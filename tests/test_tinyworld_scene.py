@@ -93,6 +93,8 @@ def test_objects_sized_mostly_visible_and_coloured(seed):
     pixels = np.asarray(s.image, dtype=np.float64)
     for i, obj in enumerate(s.objects, start=1):
         assert 0.15 * 96 <= obj.extent <= 0.45 * 96
+        poly = np.asarray(shape_polygon(obj.shape, obj.centre, obj.extent / 2, obj.rotation))
+        assert poly.min() >= 0 and poly.max() <= 96  # never cut by the image border
         full = coverage(shape_polygon(obj.shape, obj.centre, obj.extent / 2, obj.rotation), 96)
         full_px = (full >= MASK_THRESHOLD).sum()
         assert (s.instance_mask == i).sum() >= scene_mod.MIN_VISIBLE * full_px
@@ -107,7 +109,6 @@ def _saturation(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_backgrounds_never_look_like_object_colours():
-    kinds_seen = set()
     for seed in SEEDS:
         s = make_scene(seed)
         rgb = np.asarray(s.image, dtype=np.float64) / 255.0
@@ -117,9 +118,8 @@ def test_backgrounds_never_look_like_object_colours():
             far[1:, :] &= far[:-1, :]; far[:-1, :] &= far[1:, :]
             far[:, 1:] &= far[:, :-1]; far[:, :-1] &= far[:, 1:]
         assert _saturation(rgb[far]).max() < 0.25
-        kinds_seen.add(round(float(rgb[far].std()), 2) > 0)
     for name, colour in COLOUR_RGB.items():
-        assert colorsys.rgb_to_hsv(*(c / 255 for c in colour))[1] > 0.8, name
+        assert colorsys.rgb_to_hsv(*(c / 255 for c in colour))[1] > 0.75, name
 
 
 def test_backgrounds_vary():
