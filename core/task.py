@@ -93,3 +93,17 @@ class Task:
 
     def evaluate(self, args: argparse.Namespace) -> Any:
         raise UserError(f"task '{self.name}' has no eval action")
+
+    def demo(self, examples: list[Path], out: Path) -> list["DemoItem"] | None:
+        """Run on the bundled example images with tiny-world weights, writing into `out`;
+        return gallery entries, or None when this head has nothing to show."""
+        return None
+
+
+@dataclasses.dataclass
+class DemoItem:
+    """One gallery cell: images (relative to the gallery folder) and lines of text."""
+
+    title: str
+    images: list[str]
+    lines: list[str] = dataclasses.field(default_factory=list)

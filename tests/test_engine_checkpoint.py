@@ -1,6 +1,7 @@
 """Checkpoint files: atomic writes, keep-last-K pruning, best.pt, the `last` pointer."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -10,6 +11,8 @@ from torch.utils.data import TensorDataset
 
 from clipheads.core.engine import TrainConfig, Trainer, atomic_save, load_checkpoint
 from clipheads.core.engine.checkpoint import CheckpointDir
+
+CpuTrainer = functools.partial(Trainer, device="cpu")  # CPU tests, also on GPU machines
 
 
 def dataset() -> TensorDataset:
@@ -26,7 +29,7 @@ def mse(model, batch):
 def make(out, eval_fn=None, best_metric=None, best_mode="max", **kw) -> Trainer:
     torch.manual_seed(0)
     cfg = TrainConfig(**{"steps": 10, "batch_size": 4, "lr": 0.05, "log_every": 5, **kw})
-    return Trainer(nn.Linear(4, 1), mse, dataset(), cfg, out, eval_fn=eval_fn,
+    return CpuTrainer(nn.Linear(4, 1), mse, dataset(), cfg, out, eval_fn=eval_fn,
                    best_metric=best_metric, best_mode=best_mode, progress=False)
 
 
@@ -56,6 +59,24 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(again["model"]["weight"], good["model"]["weight"])
     # and the run can still be resumed from it
     assert make(out, steps=6, ckpt_every=2).fit(resume=True, strict=False).step == 6
+
+
+def test_failed_overwrite_keeps_old_content(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    atomic_save({"a": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def broken_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        f.truncate(10)  # torn write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
 
 
 def test_atomic_save_replaces_whole_file(tmp_path):

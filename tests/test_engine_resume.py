@@ -1,6 +1,7 @@
 """Exact resume: a killed-and-resumed run ends bit-identical to a straight one."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from clipheads.core.engine import TrainConfig, Trainer, load_checkpoint, seed_ev
 from clipheads.core.errors import UserError
 
 HERE = Path(__file__).resolve().parent
+
+CpuTrainer = functools.partial(Trainer, device="cpu")  # CPU tests, also on GPU machines
 
 
 class NoisyPairs(Dataset):
@@ -76,7 +79,7 @@ def crashing(loss_fn, at_call: int, hard_kill: bool = False):
 
 
 def trainer(out: Path, model: nn.Module, loss_fn=mse, **cfg_kw) -> Trainer:
-    return Trainer(model, loss_fn, NoisyPairs(), make_cfg(**cfg_kw), out, eval_fn=noisy_eval,
+    return CpuTrainer(model, loss_fn, NoisyPairs(), make_cfg(**cfg_kw), out, eval_fn=noisy_eval,
                    best_metric="score", config_dict={"task": "toy", "width": 16}, progress=False)
 
 
@@ -140,6 +143,14 @@ def _killed_child(out: str) -> None:
     trainer(Path(out), make_model(0), loss_fn=crashing(mse, at_call=19, hard_kill=True)).fit()
 
 
+def test_evaluation_does_not_perturb_training(tmp_path):
+    with_eval = straight_run(tmp_path / "a", eval_every=2)
+    seed_everything(0)
+    without = make_model(0)
+    CpuTrainer(without, mse, NoisyPairs(), make_cfg(eval_every=0), tmp_path / "b", progress=False).fit()
+    assert_bit_identical(with_eval, without)
+
+
 def test_resume_without_kill_continues_to_more_steps_when_not_strict(tmp_path):
     out = tmp_path / "run"
     seed_everything(0)
@@ -170,7 +181,7 @@ def test_resume_with_changed_task_config_is_refused(tmp_path):
     out = tmp_path / "run"
     seed_everything(0)
     trainer(out, make_model(0), steps=2).fit()
-    t = Trainer(make_model(0), mse, NoisyPairs(), make_cfg(steps=2, log_every=5), out,
+    t = CpuTrainer(make_model(0), mse, NoisyPairs(), make_cfg(steps=2, log_every=5), out,
                 config_dict={"task": "toy", "width": 32}, progress=False)
     with pytest.raises(UserError, match=r"config\.width: 16 -> 32"):
         t.fit(resume=True)

@@ -1,6 +1,7 @@
 """Trainer mechanics: divergence stop, accumulation, lr groups, schedules, metrics, validation."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -12,6 +13,8 @@ from torch.utils.data import TensorDataset
 from clipheads.core.engine import EpochLoader, NonFiniteError, TrainConfig, Trainer, split_decay
 from clipheads.core.engine.optim import LrFactor
 from clipheads.core.errors import UserError
+
+CpuTrainer = functools.partial(Trainer, device="cpu")  # CPU tests, also on GPU machines
 
 
 def dataset(n: int = 32) -> TensorDataset:
@@ -49,7 +52,7 @@ def test_nan_loss_stops_with_error_naming_the_step(tmp_path):
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    t = Trainer(two_layer(), loss_fn, dataset(), cfg(steps=20, ckpt_every=8, log_every=5), tmp_path,
+    t = CpuTrainer(two_layer(), loss_fn, dataset(), cfg(steps=20, ckpt_every=8, log_every=5), tmp_path,
                 progress=False)
     with pytest.raises(NonFiniteError) as err:
         t.fit()
@@ -72,7 +75,7 @@ def test_inf_gradient_is_detected(tmp_path):
         return out
 
     with pytest.raises(NonFiniteError, match=r"grad_norm is (inf|nan) at step 3"):
-        Trainer(model, loss_fn, dataset(), cfg(log_every=2), tmp_path, progress=False).fit()
+        CpuTrainer(model, loss_fn, dataset(), cfg(log_every=2), tmp_path, progress=False).fit()
 
 
 # ---------------------------------------------------------------- accumulation / lr groups
@@ -82,7 +85,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
         model = two_layer()
         c = cfg(steps=5, batch_size=bs, grad_accum=accum, optimizer="sgd", momentum=0.0,
                 schedule="constant", lr=0.02)
-        Trainer(model, mse, dataset(), c, tmp_path / name, progress=False).fit()
+        CpuTrainer(model, mse, dataset(), c, tmp_path / name, progress=False).fit()
         results[name] = (model, records(tmp_path / name))
     for (n, a), (_, b) in zip(results["full"][0].state_dict().items(), results["accum"][0].state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), n
@@ -95,7 +98,7 @@ def test_per_group_lr_multipliers_reach_the_optimizer(tmp_path):
     model = two_layer()
     groups = lambda m: [{"params": m[0].parameters()}, {"params": m[1].parameters(), "lr_mult": 10.0}]
     c = cfg(steps=6, warmup_steps=2, schedule="cosine", lr=0.01)
-    t = Trainer(model, mse, dataset(), c, tmp_path, param_groups=groups, progress=False)
+    t = CpuTrainer(model, mse, dataset(), c, tmp_path, param_groups=groups, progress=False)
     g0, g1 = t.optimizer.param_groups
     assert (g0["lr_mult"], g1["lr_mult"]) == (1.0, 10.0)
     assert g0["lr"] == pytest.approx(0.01 * 0.5) and g1["lr"] == pytest.approx(0.1 * 0.5)  # warmup 1/2
@@ -109,7 +112,7 @@ def test_zero_lr_mult_freezes_a_group(tmp_path):
     model = two_layer()
     before = model[0].weight.detach().clone()
     groups = lambda m: [{"params": m[0].parameters(), "lr_mult": 0.0}, {"params": m[1].parameters()}]
-    Trainer(model, mse, dataset(), cfg(), tmp_path, param_groups=groups, progress=False).fit()
+    CpuTrainer(model, mse, dataset(), cfg(), tmp_path, param_groups=groups, progress=False).fit()
     assert torch.equal(model[0].weight, before)
     assert not torch.equal(model[1].weight, two_layer()[1].weight)
 
@@ -117,13 +120,13 @@ def test_zero_lr_mult_freezes_a_group(tmp_path):
 def test_param_group_mistakes_are_user_errors(tmp_path):
     model = two_layer()
     with pytest.raises(UserError, match=r"leaves trainable parameters out: 1\.bias, 1\.weight"):
-        Trainer(model, mse, dataset(), cfg(), tmp_path, param_groups=lambda m: [{"params": m[0].parameters()}])
+        CpuTrainer(model, mse, dataset(), cfg(), tmp_path, param_groups=lambda m: [{"params": m[0].parameters()}])
     with pytest.raises(UserError, match="more than one param group"):
-        Trainer(model, mse, dataset(), cfg(), tmp_path,
+        CpuTrainer(model, mse, dataset(), cfg(), tmp_path,
                 param_groups=lambda m: [{"params": m.parameters()}, {"params": m[1].parameters()}])
     frozen = two_layer().requires_grad_(False)
     with pytest.raises(UserError, match="no trainable parameters"):
-        Trainer(frozen, mse, dataset(), cfg(), tmp_path)
+        CpuTrainer(frozen, mse, dataset(), cfg(), tmp_path)
     groups = split_decay(model)
     assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["weight_decay"] == 0.0
 
@@ -146,7 +149,7 @@ def test_metrics_jsonl_has_loss_outputs_lr_and_throughput(tmp_path):
         out["mae"] = (model(batch[0]) - batch[1]).abs().mean()
         return out
 
-    Trainer(two_layer(), loss_fn, dataset(), cfg(steps=10, log_every=5), tmp_path, progress=False).fit()
+    CpuTrainer(two_layer(), loss_fn, dataset(), cfg(steps=10, log_every=5), tmp_path, progress=False).fit()
     recs = records(tmp_path)
     assert [r["step"] for r in recs] == [5, 10]
     for key in ("loss", "mae", "grad_norm", "lr", "samples_per_s", "epoch"):
@@ -169,7 +172,7 @@ def test_no_host_sync_per_step(tmp_path, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counting)
     c = cfg(steps=40, log_every=20, optimizer="sgd", momentum=0.9, clip_grad=1.0)
     # one epoch (CPU-side data order: 2 calls) + two flushes (1 each)
-    Trainer(two_layer(), mse, dataset(256), c, tmp_path, progress=False).fit()
+    CpuTrainer(two_layer(), mse, dataset(256), c, tmp_path, progress=False).fit()
     assert counts["n"] <= 4, f"{counts['n']} host syncs for 40 steps"
 
 
@@ -182,7 +185,7 @@ def test_bf16_autocast_on_cpu(tmp_path):
         seen.append(pred.dtype)
         return {"loss": ((pred.float() - batch[1]) ** 2).mean()}
 
-    r = Trainer(two_layer(), loss_fn, dataset(), cfg(amp="bf16"), tmp_path, progress=False).fit()
+    r = CpuTrainer(two_layer(), loss_fn, dataset(), cfg(amp="bf16"), tmp_path, progress=False).fit()
     assert set(seen) == {torch.bfloat16} and math.isfinite(r.train_metrics["loss"])
 
 
@@ -202,20 +205,19 @@ def test_config_validation(field, value, needle):
 
 
 def test_user_mistakes_are_user_errors(tmp_path):
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="amp='fp16' needs a CUDA device"):
-            Trainer(two_layer(), mse, dataset(), cfg(amp="fp16"), tmp_path)
+    with pytest.raises(UserError, match="amp='fp16' needs a CUDA device"):
+        CpuTrainer(two_layer(), mse, dataset(), cfg(amp="fp16"), tmp_path)
     with pytest.raises(UserError, match="fewer than one batch"):
-        Trainer(two_layer(), mse, dataset(3), cfg(), tmp_path)
+        CpuTrainer(two_layer(), mse, dataset(3), cfg(), tmp_path)
     with pytest.raises(UserError, match="must return a dict with key 'loss'"):
-        Trainer(two_layer(), lambda m, b: mse(m, b)["loss"], dataset(), cfg(), tmp_path / "a").fit()
+        CpuTrainer(two_layer(), lambda m, b: mse(m, b)["loss"], dataset(), cfg(), tmp_path / "a").fit()
 
     def no_grad_loss(m, b):
         with torch.no_grad():
             return mse(m, b)
 
     with pytest.raises(UserError, match="does not require grad"):
-        Trainer(two_layer(), no_grad_loss, dataset(), cfg(), tmp_path / "b").fit()
+        CpuTrainer(two_layer(), no_grad_loss, dataset(), cfg(), tmp_path / "b").fit()
 
 
 def test_epoch_loader_seek_equals_continuing():

@@ -1,6 +1,7 @@
 """Turning a spec (+ optional weights file) into an open_clip model with checked weights."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,6 @@ from ..errors import UserError
 from .spec import RANDOM_TAG, BackboneSpec, tiny_world_dir
 from .weights import load_into, read_checkpoint
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +22,25 @@ class BuiltModel:
     model: nn.Module
     tokenizer: Callable
     source: str
+
+
+class _NoRandomInitNotice(logging.Filter):
+    """open_clip announces random init on the root logger even when we load weights right
+    after; that line would mislead users, so it is dropped while we build."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    root = logging.getLogger()
+    notice = _NoRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 def _arch_quick_gelu(arch: str) -> bool:
@@ -73,6 +92,11 @@ def _from_file(spec: BackboneSpec, weights: Path, allow_torchscript: bool) -> Bu
 
 def build_model(spec: BackboneSpec, weights: str | Path | None = None, *,
                 allow_torchscript: bool = False, cache_dir: str | None = None) -> BuiltModel:
+    with _quiet_random_init():
+        return _build(spec, weights, allow_torchscript, cache_dir)
+
+
+def _build(spec: BackboneSpec, weights, allow_torchscript: bool, cache_dir: str | None) -> BuiltModel:
     if spec.is_tiny_world:
         return _tiny_world()
     if spec.tag == RANDOM_TAG:

@@ -19,8 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from clipheads.core.data.errors import CorruptSample, MissingSample
 
 WHITE = (255, 255, 255)
-_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 # Everything PIL raises for bad bytes; OSError covers truncation ("image file is truncated").
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
@@ -28,9 +28,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompressio
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit / 32-bit integer and float grayscale -> 'L', scaling the value range."""
     if img.mode in _SIXTEEN_BIT:
-        # 'I' is how some Pillow versions open 16-bit PNGs: treat it as 0..65535 too.
         arr = np.asarray(img).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), "L")
+        # 'I' (32-bit) is how old Pillow opened 16-bit PNGs; it also holds 8-bit data from
+        # some TIFF writers, which must not be divided down to near-black.
+        if not (img.mode == "I" and arr.size and arr.max() <= 255):
+            arr = arr / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
     if img.mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
         scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0

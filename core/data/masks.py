@@ -51,6 +51,8 @@ class SegmentationFolder(Dataset):
             if not folder.is_dir():
                 raise UserError(f"{what} folder not found: {folder}; pass the ADE20K-style "
                                 f"images/<split> and annotations/<split> folders")
+        if not 0 <= ignore_index <= 255:
+            raise UserError(f"ignore_index must fit the uint8 masks (0..255), got {ignore_index}")
         self.transform = transform
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index

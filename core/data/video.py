@@ -162,10 +162,11 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | Sequence[np.n
     """
     import av
 
-    arr = _even(np.asarray(frames, dtype=np.uint8))
-    if arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
-        raise UserError(f"write_video expects frames of shape (T, H, W, 3), got {arr.shape}; "
-                        f"pass RGB uint8 frames")
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
+        raise UserError(f"write_video expects uint8 frames of shape (T, H, W, 3), got {arr.dtype} "
+                        f"{arr.shape}; convert to RGB uint8 first")
+    arr = _even(arr)
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp.mp4")
     errors = []

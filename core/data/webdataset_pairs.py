@@ -70,6 +70,7 @@ class ImageTextShards(IterableDataset):
         self.seed = seed
         self.with_meta = with_meta
         self.epoch = 0
+        self._broken: set[str] = set()
         self.skips = SkipCounter(f"shards:{Path(self.urls[0]).parent}")
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,8 +78,20 @@ class ImageTextShards(IterableDataset):
         self.epoch = epoch
 
     def _on_error(self, exc: Exception) -> bool:
-        """webdataset error handler: count the failure and keep streaming."""
-        self.skips.skip(getattr(exc, "filename", None) or "tar stream", f"unreadable tar data ({exc})")
+        """webdataset error handler: log and count a broken shard once per pass, keep streaming.
+
+        webdataset reports one truncated tar at two levels (member read, then tar iteration);
+        both name the shard, so the second report of the same shard is not counted again.
+        """
+        text = " ".join(str(a) for a in exc.args)
+        shard = next((u for u in self.urls if u in text), None)
+        if shard is not None and shard in self._broken:
+            return True
+        if shard is not None:
+            self._broken.add(shard)
+        reason = str(exc.args[0]).split(" @ ")[0] if exc.args else type(exc).__name__
+        self.skips.skip(shard or "tar stream", f"unreadable tar data ({reason}); rest of shard skipped",
+                        kind="broken shard")
         return True
 
     def _pipeline(self) -> Any:
@@ -105,6 +118,7 @@ class ImageTextShards(IterableDataset):
         return image, caption, meta
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        self._broken = set()
         for sample in self._pipeline():
             where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
             decoded = self.skips.attempt(where, lambda s=sample: self._decode(s))

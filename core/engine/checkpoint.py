@@ -167,11 +167,11 @@ class CheckpointDir:
         self.prune(step)
         return path
 
-    def save_best(self, state: dict[str, Any], step: int) -> Path:
-        """Update `best.pt`: a hard link to this step's file when it exists, else a write."""
-        src = self.step_path(step)
-        if src.is_file():
-            atomic_link(src, self.best_path)
+    def save_best(self, state: dict[str, Any], written: Optional[Path] = None) -> Path:
+        """Update `best.pt`: a hard link to `written` (the file just saved for this same
+        state) when given, else a fresh write of `state`."""
+        if written is not None:
+            atomic_link(written, self.best_path)
         else:
             atomic_save(state, self.best_path)
         return self.best_path

@@ -70,22 +70,29 @@ def _default_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(backend: Optional[str] = None,
+def init_distributed(backend: Optional[str] = None, device: Optional[str] = None,
                      timeout: datetime.timedelta = datetime.timedelta(minutes=30)) -> DistInfo:
     """Join the process group described by torchrun's RANK/WORLD_SIZE/LOCAL_RANK.
 
     Without those variables (or with WORLD_SIZE=1) this is a single process and nothing is
-    initialised. An already-initialised group is reused. Backend: nccl on CUDA, gloo on CPU.
+    initialised. An already-initialised group is reused. Device: `cuda:LOCAL_RANK` when
+    CUDA is available unless `device="cpu"`; backend: nccl on CUDA, gloo on CPU.
     """
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"init_distributed(device={device!r}) is invalid; use None, 'cpu' or 'cuda'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("init_distributed(device='cuda') but CUDA is not available; use device='cpu'")
     if is_initialized():
         local_rank = _env_int("LOCAL_RANK", dist.get_rank())
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, _default_device(local_rank))
+        on_cpu = device == "cpu" or dist.get_backend() == "gloo"
+        dev = torch.device("cpu") if on_cpu else _default_device(local_rank)
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
-    device = _default_device(local_rank)
+    dev = torch.device("cpu") if device == "cpu" else _default_device(local_rank)
     if world_size <= 1:
-        return DistInfo(0, 1, 0, device)
+        return DistInfo(0, 1, 0, dev)
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise UserError(
@@ -95,12 +102,12 @@ def init_distributed(backend: Optional[str] = None,
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process")
     if backend is None:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank,
                             world_size=world_size, timeout=timeout)
-    return DistInfo(rank, world_size, local_rank, device)
+    return DistInfo(rank, world_size, local_rank, dev)
 
 
 def cleanup() -> None:

@@ -1,6 +1,6 @@
 """Capture, restore and isolate every RNG that affects training.
 
-Exact resume needs the Python, NumPy and torch (CPU + every CUDA device) generators
+Exact resume needs the Python, NumPy and torch (CPU + the training GPU) generators
 back where they were at the checkpoint. States are stored as plain ints/lists/tensors
 so checkpoints load with `torch.load(weights_only=True)` (no pickle code execution).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,43 +21,57 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def capture_rng() -> dict[str, Any]:
-    """The current state of every generator, in a weights_only-loadable form."""
+def _cuda_index(device: Optional[torch.device]) -> Optional[int]:
+    """The CUDA device whose generator matters, without creating a CUDA context.
+
+    Only the training device is saved: touching every GPU from every rank would create
+    a context (hundreds of MB) on each of them.
+    """
+    if device is not None and device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    if device is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.current_device()
+    return None
+
+
+def capture_rng(device: Optional[torch.device] = None) -> dict[str, Any]:
+    """The state of every generator that training uses, in a weights_only-loadable form.
+
+    `device`: the training device (its CUDA generator is included when it is a GPU).
+    """
     version, keys, gauss = random.getstate()
     kind, np_keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
+    idx = _cuda_index(device)
+    return {
         "python": [version, list(keys), gauss],
         "numpy": [kind, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(pos),
                   int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(idx) if idx is not None else None,
     }
-    return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: Optional[torch.device] = None) -> None:
     """Put every generator back to `state` (as returned by `capture_rng`)."""
     version, keys, gauss = state["python"]
     random.setstate((version, tuple(keys), gauss))
     kind, np_keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np_keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        n = min(len(cuda), torch.cuda.device_count())
-        for i in range(n):
-            torch.cuda.set_rng_state(cuda[i], i)
+    idx = _cuda_index(device)
+    if state.get("cuda") is not None and idx is not None:
+        torch.cuda.set_rng_state(state["cuda"], idx)
 
 
 @contextlib.contextmanager
-def isolated_rng() -> Iterator[None]:
+def isolated_rng(device: Optional[torch.device] = None) -> Iterator[None]:
     """Run a block (evaluation, say) without moving the training RNG streams.
 
-    Otherwise an eval at a checkpoint step would shift dropout masks afterwards, and a
-    resumed run (which does not repeat that eval) would diverge from a straight one.
+    Then how often a run evaluates never changes what it trains: `eval_every` stays a
+    bookkeeping field that may differ between a checkpoint and its resume.
     """
-    state = capture_rng()
+    state = capture_rng(device)
     try:
         yield
     finally:
-        restore_rng(state)
+        restore_rng(state, device)

@@ -90,7 +90,8 @@ class Trainer:
             raise UserError(f"best_mode={best_mode!r} is invalid; use 'max' or 'min'")
         if best_metric is not None and eval_fn is None:
             raise UserError(f"best_metric={best_metric!r} needs an eval_fn that reports it")
-        self.dist = D.init_distributed()
+        wants_cpu = device is not None and torch.device(device).type == "cpu"
+        self.dist = D.init_distributed(device="cpu" if wants_cpu else None)
         self.device = torch.device(device) if device is not None else self.dist.device
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise UserError(
@@ -232,7 +233,7 @@ class Trainer:
         self.best_value, self.best_step = best.get("value"), best.get("step")
         self.last_checkpoint = Path(path)
         rngs = state["rng"]
-        restore_rng(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
+        restore_rng(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0], self.device)
         if self.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
@@ -341,7 +342,7 @@ class Trainer:
         if self.is_main or self.eval_on_all_ranks:
             self.module.eval()
             try:
-                with isolated_rng(), torch.no_grad():
+                with isolated_rng(self.device), torch.no_grad():
                     raw = self.eval_fn(self.module)  # type: ignore[misc]
             finally:
                 self.module.train()
@@ -371,7 +372,7 @@ class Trainer:
 
     def _state(self) -> Optional[dict[str, Any]]:
         """The full resume state (collective under DDP: gathers every rank's RNG)."""
-        rngs = D.all_gather_object(capture_rng())
+        rngs = D.all_gather_object(capture_rng(self.device))
         if not self.is_main:
             return None
         epoch, batch = self.data.position
@@ -398,10 +399,11 @@ class Trainer:
         state = self._state()
         if state is None:
             return
+        written = None
         if step_ckpt:
-            self.last_checkpoint = self.ckpts.save(state, self.step)
+            written = self.last_checkpoint = self.ckpts.save(state, self.step)
         if best:
-            self.ckpts.save_best(state, self.step)
+            self.ckpts.save_best(state, written)
 
 
 def _grad_scaler() -> Any:

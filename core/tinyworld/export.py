@@ -17,12 +17,13 @@ Scene seeds come from `split_seeds`, so held-out scenes never appear in training
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import shutil
 import tarfile
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -168,9 +169,9 @@ def _write_videos(root: Path, splits: dict[str, list[int]], size: int, n_frames:
         (root / f"msrvtt_{split}.json").write_text(json.dumps(doc), encoding="utf-8")
         summary[split] = {"videos": len(videos), "sentences": len(sentences)}
     with open(root / "msrvtt_test.csv", "w", newline="", encoding="utf-8") as fh:
-        fh.write("key,vid_key,video_id,sentence\n")
-        for row in test_rows:  # captions hold no commas or quotes, so no csv quoting is needed
-            fh.write(f"{row['key']},{row['vid_key']},{row['video_id']},{row['sentence']}\n")
+        writer = csv.DictWriter(fh, fieldnames=["key", "vid_key", "video_id", "sentence"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(test_rows)
     summary.update({"fps": fps, "n_frames": n_frames, "codec": codec})
     return summary
 
@@ -201,7 +202,7 @@ def export_tiny_world(out_dir: str | os.PathLike[str], n_train: int = 512, n_val
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass overwrite=True (--overwrite) or choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _fresh_sibling(out, "tmp")
     try:
         (tmp / "shards").mkdir()
         images = {split: _write_image_split(tmp, split, split_seeds(split, n, start=seed), size)
@@ -221,12 +222,22 @@ def export_tiny_world(out_dir: str | os.PathLike[str], n_train: int = 512, n_val
     return out
 
 
+def _fresh_sibling(out: Path, tag: str) -> Path:
+    """A new empty hidden folder next to `out` (same filesystem, so renames are atomic).
+
+    Made with mkdir rather than mkdtemp so it gets the usual umask permissions, not 0700.
+    """
+    path = out.parent / f".{out.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
 def _replace_dir(new: Path, out: Path) -> None:
     """Rename `new` onto `out`; an old `out` is moved aside first and removed after."""
     if not out.exists():
         os.replace(new, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = _fresh_sibling(out, "old")
     os.replace(out, old / "data")
     try:
         os.replace(new, out)

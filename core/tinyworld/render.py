@@ -21,12 +21,20 @@ SUPERSAMPLE = 2
 MASK_THRESHOLD = 0.5
 
 
+def _fit_unit_disc(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Centre on the bounding box and scale so the farthest vertex lies on the unit circle."""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+    r = max(math.hypot(x - cx, y - cy) for x, y in pts)
+    return [((x - cx) / r, (y - cy) / r) for x, y in pts]
+
+
 def _circle(n: int = 96) -> list[tuple[float, float]]:
     return [(math.cos(2 * math.pi * i / n), math.sin(2 * math.pi * i / n)) for i in range(n)]
 
 
 def _square() -> list[tuple[float, float]]:
-    h = 0.78
+    h = 0.7  # corners on radius 0.99: the square fits the unit disc at any rotation
     return [(-h, -h), (h, -h), (h, h), (-h, h)]
 
 
@@ -50,8 +58,8 @@ def _heart(n: int = 96) -> list[tuple[float, float]]:
         t = 2 * math.pi * i / n
         x = 16 * math.sin(t) ** 3
         y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-        pts.append((x / 17.0, -(y + 2.5) / 17.0))  # flip: lobes up; shift to centre it
-    return pts
+        pts.append((x, -y))  # flip: lobes up
+    return _fit_unit_disc(pts)
 
 
 def _cross(arm: float = 0.32, reach: float = 0.9) -> list[tuple[float, float]]:

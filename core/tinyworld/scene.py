@@ -23,6 +23,7 @@ EXTENT_RANGE = (0.15, 0.45)   # object diameter as a fraction of the image side
 MIN_VISIBLE = 0.7             # an occluded object keeps at least this much of itself
 COLOUR_JITTER = 14            # +- per channel, keeps the hue
 MAX_OBJECTS = 4
+MAX_RESTARTS = 100
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _compose(rng: np.random.Generator, seed: int, size: int,
              pairs: list[tuple[str, str]], extent_range: tuple[float, float],
              centre_range: tuple[float, float] | None = None) -> Scene:
     background = make_background(rng, size)
-    while True:  # Retries draw from the same generator, so the result stays deterministic.
+    for _restart in range(MAX_RESTARTS):  # retries draw from the same generator: still deterministic
         alphas: list[np.ndarray] = []
         layers: list[tuple[np.ndarray, tuple[int, int, int]]] = []
         meta = []
@@ -177,6 +178,9 @@ def _compose(rng: np.random.Generator, seed: int, size: int,
                 break
         if ok:
             break
+    else:
+        raise RuntimeError(f"tiny world: could not place {len(pairs)} objects in a {size}px scene "
+                           f"(seed {seed}); this is a generator bug, please report it")
     pixels, inst = composite(background, layers)
     objects = []
     for i, (colour, shape, cx, cy, extent, rot, rgb) in enumerate(meta, start=1):

@@ -13,7 +13,7 @@ import numpy as np
 from clipheads.core.errors import UserError
 from clipheads.core.tinyworld.background import make_background
 from clipheads.core.tinyworld.render import composite, coverage, mask_box, shape_polygon
-from clipheads.core.tinyworld.scene import MIN_SIZE, article, jitter_rgb
+from clipheads.core.tinyworld.scene import MAX_RESTARTS, MIN_SIZE, article, jitter_rgb
 from clipheads.core.tinyworld.vocab import COLOURS, SHAPES
 
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
@@ -79,7 +79,7 @@ def make_video(seed: int, n_frames: int = 16, size: int = 96) -> VideoClip:
     n_obj = int(rng.integers(1, 3))
     combos = [(c, s) for c in COLOURS for s in SHAPES]
     picks = [combos[int(i)] for i in rng.choice(len(combos), size=n_obj, replace=False)]
-    while True:  # Same generator on retry: still a pure function of the seed.
+    for _restart in range(MAX_RESTARTS):  # same generator on retry: still a pure function of the seed
         specs, paths, radii = [], [], []
         for colour, shape in picks:
             r = rng.uniform(0.18, 0.3) * size / 2
@@ -90,6 +90,9 @@ def make_video(seed: int, n_frames: int = 16, size: int = 96) -> VideoClip:
             radii.append(r)
         if _apart(paths, radii):
             break
+    else:
+        raise RuntimeError(f"tiny world: could not route {n_obj} movers apart (seed {seed}); "
+                           "this is a generator bug, please report it")
     frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
     masks = np.empty((n_frames, size, size), dtype=np.uint8)
     boxes: list[list[tuple[float, float, float, float]]] = [[] for _ in specs]

@@ -3,6 +3,7 @@ linear probe. The smallest head, and the worked example in docs/plugins.md."""
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from clipheads.core.cli_args import add_label_arguments, read_labels
 from clipheads.core.data.images import load_image
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
-from clipheads.core.task import Task
+from clipheads.core.task import DemoItem, Task
 
 from .config import ClassifyConfig
 from .data import extract_features, load_split
@@ -112,3 +113,15 @@ class ClassifyTask(Task):
             print(f"{mode}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
                   f"on {len(y)} images ({len(skipped)} skipped)")
         return result
+
+    def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
+        """Zero-shot over every tiny-world colour x shape name."""
+        from clipheads.core.tinyworld import COLOURS, SHAPES
+        labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+        probs = self.probabilities([load_image(p) for p in examples], labels, self.cfg.templates)
+        items = []
+        for path, top in zip(examples, top_k(probs, labels, 3)):
+            shutil.copy2(path, out / path.name)
+            items.append(DemoItem(path.stem, [path.name],
+                                  [f"{t['label']}: {t['prob']:.2f}" for t in top]))
+        return items

@@ -18,7 +18,9 @@ class OverComposite(torch.autograd.Function):
     """out[B, 3, N] = strokes' colours painted in order with alpha[B, S, N] over background[B, 3]."""
 
     @staticmethod
-    def forward(ctx: Any, alpha: torch.Tensor, colours: torch.Tensor, background: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, alpha: torch.Tensor, colours: torch.Tensor, background: torch.Tensor
+    ) -> torch.Tensor:
         b, s, n = alpha.shape
         out = background[:, :, None].expand(b, 3, n).clone()
         for i in range(s):

@@ -60,9 +60,8 @@ class DiffvgRasteriser:
                     )
                 )
                 rgba = torch.cat([strokes.colours[b, s], strokes.opacity[b, s, None]]).float().to(device)
-                groups.append(
-                    pydiffvg.ShapeGroup(shape_ids=torch.tensor([s], dtype=torch.int32), fill_color=None, stroke_color=rgba)
-                )
+                ids = torch.tensor([s], dtype=torch.int32)
+                groups.append(pydiffvg.ShapeGroup(shape_ids=ids, fill_color=None, stroke_color=rgba))
             scene = pydiffvg.RenderFunction.serialize_scene(int(width), int(height), shapes, groups)
             img = pydiffvg.RenderFunction.apply(
                 int(width), int(height), self.samples_per_axis, self.samples_per_axis, self.seed, None, *scene

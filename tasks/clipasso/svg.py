@@ -50,7 +50,10 @@ def strokes_to_svg(
     background: Sequence[float] | None = (1.0, 1.0, 1.0),
     precision: int = 3,
 ) -> str:
-    """SVG text for strokes ``points[S, 4, 2]`` (pixels); colours [S, 3] default black, background None = transparent."""
+    """SVG text for strokes ``points[S, 4, 2]`` in pixels.
+
+    colours [S, 3] default to black, opacity to 1; ``background=None`` leaves it transparent.
+    """
     pts = torch.as_tensor(points).detach().to("cpu", torch.float64)
     if pts.dim() != 3 or pts.shape[1:] != (4, 2):
         raise UserError(f"points must have shape [S, 4, 2], got {list(pts.shape)}")
@@ -59,16 +62,18 @@ def strokes_to_svg(
     count = pts.shape[0]
     w = _per_stroke(widths, count, 1.5, "widths")
     op = _per_stroke(opacity, count, 1.0, "opacity")
-    col = torch.zeros(count, 3, dtype=torch.float64) if colours is None else torch.as_tensor(colours, dtype=torch.float64).detach().cpu()
+    col = torch.zeros(count, 3) if colours is None else torch.as_tensor(colours).detach().cpu()
+    col = col.to(torch.float64)
     if col.shape != (count, 3):
         raise UserError(f"colours must have shape [{count}, 3], got {list(col.shape)}")
 
+    w_px, h_px = int(width), int(height)
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="{_SVG_NS}" version="1.1" width="{int(width)}" height="{int(height)}" viewBox="0 0 {int(width)} {int(height)}">',
+        f'<svg xmlns="{_SVG_NS}" version="1.1" width="{w_px}" height="{h_px}" viewBox="0 0 {w_px} {h_px}">',
     ]
     if background is not None:
-        lines.append(f'<rect x="0" y="0" width="{int(width)}" height="{int(height)}" fill="{_hex(background)}"/>')
+        lines.append(f'<rect x="0" y="0" width="{w_px}" height="{h_px}" fill="{_hex(background)}"/>')
     for s in range(count):
         c = [_num(v, precision) for v in pts[s].reshape(-1).tolist()]
         d = f"M {c[0]} {c[1]} C {c[2]} {c[3]} {c[4]} {c[5]} {c[6]} {c[7]}"

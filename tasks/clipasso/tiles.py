@@ -1,10 +1,11 @@
-"""Which (stroke, pixel tile) pairs can a stroke touch.
+"""Which pixel tiles each stroke can touch, and how to stack them for compositing.
 
 Strokes are thin and short compared with the canvas, so rasterising every stroke at
-every pixel wastes almost all memory. The canvas is cut into square tiles; a tile is
-active for a stroke when the bounding box of one of its polyline segments, grown by
-the stroke's reach (half width + filter support), overlaps it. Only active pairs are
-ever evaluated. Culling runs without gradient: it selects work, it computes no values.
+every pixel wastes almost all memory and time. The canvas is cut into square tiles; a
+tile is active for a stroke when the bounding box of one of its polyline segments,
+grown by the stroke's reach (half width + filter support), overlaps it. Only those
+(segment, tile) overlaps are evaluated, and only touched tiles are composited. All of
+this runs without gradient: it selects work, it computes no values.
 """
 from __future__ import annotations
 
@@ -58,13 +59,30 @@ class TileGrid:
         return v[..., : self.height, : self.width]
 
 
+@dataclass(frozen=True)
+class ActiveTiles:
+    """The work a batch of polylines needs.
+
+    pair_stroke / pair_tile: [A] unique (stroke, tile) pairs, sorted by stroke; each gets
+    a coverage value per pixel. seg_start / seg_pair / seg_tile: [T] unique (segment,
+    tile) overlaps; seg_start indexes the segment's first vertex in the flattened
+    [N * (K+1), 2] vertex array and seg_pair the pair it contributes to. A pixel's
+    distance to a stroke is the minimum over that pair's segments only.
+    """
+
+    pair_stroke: torch.Tensor
+    pair_tile: torch.Tensor
+    seg_start: torch.Tensor
+    seg_pair: torch.Tensor
+    seg_tile: torch.Tensor
+
+
 @torch.no_grad()
-def active_tiles(samples: torch.Tensor, reach: torch.Tensor, grid: TileGrid) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unique (stroke, tile) pairs a polyline can touch, sorted by stroke.
+def active_tiles(samples: torch.Tensor, reach: torch.Tensor, grid: TileGrid) -> ActiveTiles:
+    """Which tiles each polyline segment (and so each stroke) can touch.
 
     samples: [N, K+1, 2] polyline vertices per stroke; reach: [N] distance (px) from the
     centre line beyond which a stroke's coverage is treated as zero.
-    Returns (stroke_ids [A], tile_ids [A]) as int64.
     """
     n, k1, _ = samples.shape
     device = samples.device
@@ -80,17 +98,54 @@ def active_tiles(samples: torch.Tensor, reach: torch.Tensor, grid: TileGrid) -> 
     valid = (first <= last).all(dim=-1)
     t0 = torch.div(first, grid.tile, rounding_mode="floor")[valid]
     t1 = torch.div(last, grid.tile, rounding_mode="floor")[valid]
-    owner = torch.arange(n, device=device)[:, None].expand(n, k1 - 1)[valid]
+    vertex = (torch.arange(n, device=device)[:, None] * k1 + torch.arange(k1 - 1, device=device))[valid]
     span = t1 - t0 + 1
     counts = span[:, 0] * span[:, 1]
     seg = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
-    if seg.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
     start = torch.cumsum(counts, 0) - counts
     local = torch.arange(seg.numel(), device=device) - start[seg]
     tx = t0[seg, 0] + local % span[seg, 0]
     ty = t0[seg, 1] + torch.div(local, span[seg, 0], rounding_mode="floor")
-    key = owner[seg] * grid.count + ty * grid.cols + tx
-    key = torch.unique(key)  # sorted, so pairs come grouped by stroke
-    return torch.div(key, grid.count, rounding_mode="floor"), key % grid.count
+    key = torch.unique(vertex[seg] * grid.count + ty * grid.cols + tx)
+    seg_start = torch.div(key, grid.count, rounding_mode="floor")
+    seg_tile = key % grid.count
+    stroke = torch.div(seg_start, k1, rounding_mode="floor")
+    pairs, seg_pair = torch.unique(stroke * grid.count + seg_tile, return_inverse=True)
+    return ActiveTiles(
+        pair_stroke=torch.div(pairs, grid.count, rounding_mode="floor"),
+        pair_tile=pairs % grid.count,
+        seg_start=seg_start,
+        seg_pair=seg_pair.reshape(-1),
+        seg_tile=seg_tile,
+    )
+
+
+@dataclass(frozen=True)
+class TileStacks:
+    """Active (stroke, tile) pairs regrouped into per-(image, tile) stacks in painting order.
+
+    groups: [G] ids ``b * grid.count + tile`` of tiles that any stroke touches;
+    slot: [A] position ``g * depth + rank`` of each pair in a [G, depth] stack, where rank
+    orders the strokes of one tile by stroke index; depth: the deepest stack.
+    """
+
+    groups: torch.Tensor
+    slot: torch.Tensor
+    depth: int
+
+
+@torch.no_grad()
+def stack_tiles(stroke_ids: torch.Tensor, tile_ids: torch.Tensor, strokes_per_item: int, tiles: int) -> TileStacks:
+    """Group (stroke, tile) pairs by (batch item, tile) so compositing only visits touched tiles."""
+    item = torch.div(stroke_ids, max(1, strokes_per_item), rounding_mode="floor")
+    group = item * tiles + tile_ids
+    order_key = group * max(1, strokes_per_item) + stroke_ids % max(1, strokes_per_item)
+    order = torch.argsort(order_key)
+    groups, counts = torch.unique_consecutive(group[order], return_counts=True)
+    depth = int(counts.max()) if counts.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    g_sorted = torch.repeat_interleave(torch.arange(groups.numel(), device=group.device), counts)
+    rank = torch.arange(order.numel(), device=group.device) - starts[g_sorted]
+    slot = torch.empty_like(order)
+    slot[order] = g_sorted * depth + rank
+    return TileStacks(groups=groups, slot=slot, depth=depth)

@@ -1,0 +1,51 @@
+"""Shapes drawn with plain PIL primitives (not the tiny-world renderer), so tests check that
+tiny-world models recognise the concepts, not the generator's pixels."""
+from __future__ import annotations
+
+import math
+
+from PIL import Image, ImageDraw
+
+PIL_RGB = {"red": (230, 25, 25), "green": (20, 160, 40), "blue": (30, 60, 230),
+           "yellow": (245, 215, 0), "purple": (130, 30, 180), "orange": (255, 140, 0)}
+
+
+def _star(cx, cy, r):
+    pts = []
+    for i in range(10):
+        rad = r if i % 2 == 0 else r * 0.42
+        a = -math.pi / 2 + i * math.pi / 5
+        pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+    return pts
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rgb) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rgb)
+    elif shape == "square":
+        s = r * 0.8
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=rgb)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r * 0.95, cy + r * 0.7), (cx + r * 0.95, cy + r * 0.7)], fill=rgb)
+    elif shape == "star":
+        draw.polygon(_star(cx, cy, r), fill=rgb)
+    elif shape == "heart":
+        q = r * 0.5
+        draw.ellipse([cx - r, cy - r * 0.75, cx, cy - r * 0.75 + 2 * q], fill=rgb)
+        draw.ellipse([cx, cy - r * 0.75, cx + r, cy - r * 0.75 + 2 * q], fill=rgb)
+        draw.polygon([(cx - r * 0.97, cy - r * 0.15), (cx + r * 0.97, cy - r * 0.15), (cx, cy + r)], fill=rgb)
+    elif shape == "cross":
+        t = r * 0.32
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=rgb)
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=rgb)
+    else:
+        raise ValueError(shape)
+
+
+def drawing(colour: str, shape: str, size: int = 96, background=(245, 245, 245),
+            centre=None, radius=None) -> Image.Image:
+    """One coloured shape on a plain background."""
+    img = Image.new("RGB", (size, size), background)
+    cx, cy = centre or (size / 2, size / 2)
+    draw_shape(ImageDraw.Draw(img), shape, cx, cy, radius or size * 0.3, PIL_RGB[colour])
+    return img
