@@ -3,6 +3,10 @@
 The trainer owns its DataLoader so it always knows the exact data position
 (epoch, batch index). Resuming skips already-consumed batches through the sampler,
 so skipped samples are never loaded or decoded.
+
+Exactness: with `num_workers=0` a dataset may draw augmentations from the global RNG
+(it is checkpointed). With workers, batches are exact but worker RNG streams are not
+replayed, so random augmentations there should be seeded from the sample index.
 """
 from __future__ import annotations
 

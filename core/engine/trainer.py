@@ -108,7 +108,8 @@ class Trainer:
         self.module = module.to(self.device)
         groups = resolve_param_groups(self.module, param_groups)
         self._params = [p for g in groups for p in g["params"]]
-        self.model = D.wrap_ddp(self.module, self.dist, **(ddp_kwargs or {}))
+        self.model = D.wrap_ddp(self.module, dataclasses.replace(self.dist, device=self.device),
+                                **(ddp_kwargs or {}))
         self.optimizer = build_optimizer(groups, cfg, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self._factor = lr_factor(cfg)

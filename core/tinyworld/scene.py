@@ -206,9 +206,17 @@ def make_scene(seed: int, size: int = 96, n_objects: int | tuple[int, int] = (1,
     return _compose(rng, seed, size, _pick_pairs(rng, n), EXTENT_RANGE)
 
 
-def make_single(seed: int, colour: str, shape: str, size: int = 96) -> Scene:
-    """One large, roughly centred object of the given colour and shape (zero-shot probes)."""
+SINGLE_EXTENT = (0.4, 0.65)
+
+
+def make_single(seed: int, colour: str, shape: str, size: int = 96,
+                extent: tuple[float, float] = SINGLE_EXTENT) -> Scene:
+    """One large, roughly centred object of the given colour and shape (zero-shot probes).
+    `extent` bounds the object's diameter as a fraction of the side (at most 0.8, so the
+    off-centre object stays inside the image)."""
     _check_size(size)
+    if not 0 < extent[0] <= extent[1] <= 0.8:
+        raise UserError(f"make_single: extent {extent} must satisfy 0 < lo <= hi <= 0.8")
     pair = (check_colour(colour), check_shape(shape))
     rng = np.random.default_rng(seed)
-    return _compose(rng, seed, size, [pair], (0.4, 0.65), centre_range=(-0.08, 0.08))
+    return _compose(rng, seed, size, [pair], extent, centre_range=(-0.08, 0.08))

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 
 from clipheads.core.tinyworld import COLOURS, SHAPES, make_scene, make_single, split_seeds
 
+TRAIN_SINGLE_EXTENT = (0.3, 0.8)  # wider than the held-out probes: big and small objects alike
 CAPTION_FORMS = ("{}", "a photo of {}.", "an image of {}.", "a picture of {}.", "{}.")
 
 
@@ -23,7 +24,7 @@ def _pair(args: tuple[int, int, float]) -> tuple[np.ndarray, str]:
     rng = np.random.default_rng(seed + 7)
     if rng.random() < single_fraction:
         colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
-        scene = make_single(seed, colour, shape, size) if rng.random() < 0.5 else \
+        scene = make_single(seed, colour, shape, size, extent=TRAIN_SINGLE_EXTENT) if rng.random() < 0.5 else \
             make_scene(seed, size, n_objects=1)
     else:
         scene = make_scene(seed, size, n_objects=(2, 4))

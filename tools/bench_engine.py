@@ -1,0 +1,95 @@
+"""Trainer overhead (JSON): the core Trainer vs a bare PyTorch loop on the same model,
+data, optimiser and batch (the tiny CLIP's architecture, contrastive loss), as a ratio of
+steps per second in the same process.
+
+    python tools/bench_engine.py --steps 30 [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import open_clip
+import torch
+from torch.utils.data import TensorDataset
+
+from clipheads.core.engine import TrainConfig, Trainer, contrastive_loss
+from clipheads.tasks.clip.config import _tiny_model
+
+
+def _model(device):
+    cfg = _tiny_model()
+    torch.manual_seed(0)
+    m = open_clip.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], output_dict=True)
+    return m.to(device), cfg
+
+
+def _loss(model, batch):
+    images, tokens = batch
+    out = model(images, tokens)
+    return {"loss": contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"])}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    _, cfg = _model("cpu")
+    n = args.batch * (args.steps + 2)
+    size = cfg["vision_cfg"]["image_size"]
+    data = TensorDataset(torch.randn(n, 3, size, size),
+                         torch.randint(1, 49000, (n, cfg["text_cfg"]["context_length"])))
+
+    model, _ = _model(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True)
+    it = iter(loader)
+    for _ in range(2):  # warm-up
+        images, tokens = next(it)
+        loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        images, tokens = next(it)
+        loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    bare = args.steps / (time.perf_counter() - t0)
+
+    model, _ = _model(device)
+    tcfg = TrainConfig(steps=args.steps + 2, batch_size=args.batch, lr=1e-3, weight_decay=0.1,
+                       schedule="constant", log_every=10, ckpt_every=0)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(model, _loss, data, tcfg, out, device=device, progress=False)
+        t0 = time.perf_counter()
+        trainer.fit()
+        _sync(device)
+        total = time.perf_counter() - t0  # includes the final checkpoint write
+    engine = (args.steps + 2) / total
+    result = {"benchmark": "engine", "device": str(device), "batch": args.batch, "steps": args.steps,
+              "bare_loop_steps_per_s": bare, "trainer_steps_per_s": engine,
+              "trainer_over_bare": engine / bare,
+              "note": "trainer time includes its warm-up steps and final checkpoint write"}
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return result
+
+
+if __name__ == "__main__":
+    main()
