@@ -23,6 +23,7 @@ EXTENT_RANGE = (0.15, 0.45)   # object diameter as a fraction of the image side
 MIN_VISIBLE = 0.7             # an occluded object keeps at least this much of itself
 COLOUR_JITTER = 14            # +- per channel, keeps the hue
 MAX_OBJECTS = 4
+UPRIGHT_FRACTION = 0.3        # objects drawn unrotated, as people (and PIL sketches) draw them
 MAX_RESTARTS = 100
 
 
@@ -162,7 +163,8 @@ def _compose(rng: np.random.Generator, seed: int, size: int,
                 if centre_range is not None:
                     cx, cy = (size / 2 + rng.uniform(*centre_range) * size,
                               size / 2 + rng.uniform(*centre_range) * size)
-                rot = float(rng.uniform(0, 360)) if shape != "circle" else 0.0
+                upright = shape == "circle" or rng.random() < UPRIGHT_FRACTION
+                rot = 0.0 if upright else float(rng.uniform(0, 360))
                 rgb = jitter_rgb(rng, colour)
                 alpha = coverage(shape_polygon(shape, (cx, cy), r, rot), size)
                 _, inst = composite(background, layers + [(alpha, rgb)])

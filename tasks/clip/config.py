@@ -39,5 +39,5 @@ class ClipConfig(TaskConfig):
         "resize_mode": "shortest"})
     data: ClipData = field(default_factory=ClipData)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=4000, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=200,
+        steps=6000, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=200,
         schedule="cosine", clip_grad=1.0, eval_every=500, ckpt_every=500, log_every=50))

@@ -77,6 +77,9 @@ class Sketcher:
         self.cfg = cfg
         self.backbone = loss_backbone
         self.saliency_backbone = saliency_backbone if saliency_backbone is not None else loss_backbone
+        if cfg.init.method == "saliency" and not self.saliency_backbone.is_vit:
+            raise UserError(f"saliency needs a ViT backbone (attention maps); {self.saliency_backbone.spec} "
+                            "is a ResNet: set init.saliency_backbone (e.g. ViT-B-32:openai) or init.method=random")
         self.rasteriser = rasteriser or get_rasteriser(
             cfg.strokes.rasteriser, **({"segments": cfg.strokes.segments} if cfg.strokes.rasteriser == "torch" else {}))
 

@@ -1,0 +1,84 @@
+"""Writing a sketch: SVG (the deliverable), PNG render, GIF of the optimisation, saliency map.
+
+Every file is written to a temporary name and renamed, so an interrupted run never
+leaves a half-written SVG behind.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .raster import Rasteriser
+from .strokes import Strokes
+from .svg import strokes_to_svg
+
+
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def svg_text(strokes: Strokes, size: tuple[int, int]) -> str:
+    """SVG of the first batch item on a white canvas of `size` (H, W)."""
+    height, width = size
+    return strokes_to_svg(strokes.points[0], strokes.widths[0], strokes.colours[0], strokes.opacity[0],
+                          width=width, height=height)
+
+
+def render_image(strokes: Strokes, size: tuple[int, int], rasteriser: Rasteriser, scale: int = 1) -> Image.Image:
+    """The first batch item rendered on white at `scale` x the canvas, as an RGB PIL image."""
+    height, width = size
+    one = strokes.item(0)
+    scaled = Strokes(one.points.detach() * scale, one.widths.detach() * scale, one.colours.detach(),
+                     one.opacity.detach())
+    with torch.no_grad():
+        img = rasteriser.render(scaled, height * scale, width * scale, background=1.0)[0]
+    arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def png_bytes(image: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", **options)
+    return buf.getvalue()
+
+
+def write_svg(path: Path, strokes: Strokes, size: tuple[int, int]) -> Path:
+    return atomic_write(path, svg_text(strokes, size).encode("utf-8"))
+
+
+def write_png(path: Path, strokes: Strokes, size: tuple[int, int], rasteriser: Rasteriser, scale: int = 1) -> Path:
+    return atomic_write(path, png_bytes(render_image(strokes, size, rasteriser, scale)))
+
+
+def write_gif(path: Path, frames: list[tuple[int, Strokes]], seed: int, size: tuple[int, int],
+              rasteriser: Rasteriser, ms: int = 80, scale: int = 1) -> Path:
+    """Animated GIF of one seed's strokes over the optimisation (the last frame is its best)."""
+    images = [render_image(f.item(seed), size, rasteriser, scale).convert("P", palette=Image.Palette.ADAPTIVE)
+              for _, f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)
+    return atomic_write(path, buf.getvalue())
+
+
+def saliency_image(maps, target_pixels: torch.Tensor) -> Image.Image:
+    """Target | attention | placement map, side by side (grey levels)."""
+    def grey(t: torch.Tensor) -> np.ndarray:
+        t = t.detach().float().cpu()
+        t = (t - t.min()) / (t.max() - t.min()) if float(t.max() - t.min()) > 0 else torch.zeros_like(t)
+        return np.repeat((t.numpy() * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    target = (target_pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    panels = [target, grey(maps.attention), grey(maps.placement)]
+    return Image.fromarray(np.concatenate(panels, axis=1), "RGB")

@@ -1,0 +1,161 @@
+"""`clipasso`: object sketching with Bézier strokes optimised through a frozen CLIP.
+
+    clipheads clipasso infer --image IMG --strokes 16 --iters 2000 --seeds 3 --out DIR
+        -> DIR/<stem>.svg (best seed), DIR/<stem>.png (+ <stem>.gif with --gif)
+    clipheads clipasso eval --per-shape 4
+        -> tiny-world shapes sketched, then classified by the same CLIP (vs random strokes)
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from clipheads.core.data.images import load_image_rgba
+from clipheads.core.errors import UserError
+from clipheads.core.registry import register_task
+from clipheads.core.task import DemoItem, Task
+
+from .config import ClipassoConfig
+from .outputs import saliency_image, atomic_write, png_bytes, write_gif, write_png, write_svg
+from .sketcher import Sketch, Sketcher, check_config
+from .target import Target, load_mask, prepare_target, remove_background, shrink
+
+DEMO_IMAGES = ("single_blue_star.png", "single_red_circle.png")
+
+
+@register_task("clipasso")
+class ClipassoTask(Task):
+    summary = "CLIPasso object sketching: Bézier strokes optimised through CLIP, SVG out"
+    Config = ClipassoConfig
+    default_config = "tiny_world"
+    actions = ("infer", "eval")
+    cfg: ClipassoConfig
+
+    @classmethod
+    def add_arguments(cls, action: str, parser: argparse.ArgumentParser) -> None:
+        if action == "infer":
+            parser.add_argument("--image", nargs="+", type=Path, required=True, help="image file(s) to sketch")
+            parser.add_argument("--mask", nargs="+", type=Path,
+                                help="object mask(s), one per image (white/opaque = object)")
+            parser.add_argument("--gif", action="store_true", help="also write <stem>.gif of the optimisation")
+        else:
+            parser.add_argument("--per-shape", type=int, default=4, help="tiny-world images per shape")
+        parser.add_argument("--strokes", type=int, help="strokes per sketch (abstraction level)")
+        parser.add_argument("--iters", type=int, help="optimisation iterations (0 = the initialisation)")
+        parser.add_argument("--seeds", type=int, help="seeds optimised together; the best is kept")
+        parser.add_argument("--seed", type=int, help="first seed")
+
+    # setup ------------------------------------------------------------------------------
+    def _apply_args(self, args: argparse.Namespace) -> None:
+        """CLI shortcuts override the config (and so land in the saved resolved config)."""
+        for flag, section, key in (("strokes", "strokes", "count"), ("iters", "optim", "iterations"),
+                                   ("seeds", "optim", "seeds"), ("seed", "optim", "seed")):
+            value = getattr(args, flag, None)
+            if value is not None:
+                setattr(getattr(self.cfg, section), key, value)
+        if getattr(args, "gif", False):
+            self.cfg.output.gif = True
+        check_config(self.cfg)
+
+    def _saliency_backbone(self):
+        """A second backbone only when the config names a different one for saliency."""
+        i, cfg = self.cfg.init, self.cfg
+        if i.method == "random":
+            return None
+        spec = i.saliency_backbone or cfg.backbone
+        if spec == cfg.backbone and i.saliency_weights == cfg.weights:
+            return None
+        from clipheads.core.backbone import FrozenCLIP
+        return FrozenCLIP.from_spec(spec, i.saliency_weights, device=self.ctx.device,
+                                    allow_torchscript=self.ctx.allow_torchscript)
+
+    def sketcher(self) -> Sketcher:
+        return Sketcher(self.cfg, self.ctx.backbone, self._saliency_backbone())
+
+    def load_target(self, image: Path, mask: Path | None = None) -> Target:
+        """Image (+ optional mask file) -> white-background canvas target; bad files fail here."""
+        canvas = self.cfg.strokes.canvas
+        img = shrink(load_image_rgba(image), canvas)
+        if self.cfg.output.rembg:
+            img = remove_background(img)
+        m = load_mask(mask, img.size) if mask is not None else None
+        return prepare_target(img, canvas, m)
+
+    # actions ----------------------------------------------------------------------------
+    def infer(self, args: argparse.Namespace) -> list[dict]:
+        self._apply_args(args)
+        masks = args.mask or []
+        if masks and len(masks) != len(args.image):
+            raise UserError(f"got {len(masks)} --mask file(s) for {len(args.image)} image(s); "
+                            "pass one mask per image")
+        out = self.ctx.out_dir()
+        targets = [self.load_target(p, masks[i] if masks else None) for i, p in enumerate(args.image)]
+        stems = [p.stem for p in args.image]
+        if len(set(stems)) != len(stems):
+            raise UserError("two input images share a file name stem; their outputs would collide in --out")
+        sketcher = self.sketcher()
+        results = []
+        for path, target in zip(args.image, targets):
+            start = time.perf_counter()
+            sk = sketcher.sketch(target, progress=not self.ctx.json)
+            files = self.write(sk, sketcher, out, path.stem)
+            r = sk.result
+            results.append({
+                "image": str(path), **{k: str(v) for k, v in files.items()},
+                "strokes": self.cfg.strokes.count, "seeds": self.cfg.optim.seeds,
+                "best_seed": r.best_seed, "loss": round(float(r.losses[r.best_seed]), 6),
+                "losses": [round(float(v), 6) for v in r.losses],
+                "iterations": r.iterations, "stopped_early": r.stopped_early,
+                "seconds": round(time.perf_counter() - start, 2)})
+            if not self.ctx.json:
+                print(f"{path}: {files['svg']} (seed {r.best_seed}, loss {float(r.losses[r.best_seed]):.4f}, "
+                      f"{r.iterations} iterations, {results[-1]['seconds']} s)")
+        return results
+
+    def write(self, sk: Sketch, sketcher: Sketcher, out: Path, stem: str) -> dict[str, Path]:
+        """<stem>.svg, <stem>.png, and the optional GIF / saliency picture."""
+        o, size = self.cfg.output, sk.size
+        files = {"svg": write_svg(out / f"{stem}.svg", sk.best, size),
+                 "png": write_png(out / f"{stem}.png", sk.best, size, sketcher.rasteriser, o.png_scale)}
+        if sk.result.frames:
+            files["gif"] = write_gif(out / f"{stem}.gif", sk.result.frames, sk.result.best_seed, size,
+                                     sketcher.rasteriser, o.gif_ms, o.png_scale)
+        if o.write_saliency and sk.saliency is not None:
+            files["saliency"] = atomic_write(out / f"{stem}_saliency.png",
+                                             png_bytes(saliency_image(sk.saliency, sk.target.pixels)))
+        return files
+
+    def evaluate(self, args: argparse.Namespace) -> dict:
+        from .recognition import sketch_recognition
+        self._apply_args(args)
+        if args.per_shape < 1:
+            raise UserError(f"--per-shape must be >= 1, got {args.per_shape}")
+        report = sketch_recognition(self.sketcher(), self.ctx.text_bank, per_shape=args.per_shape)
+        if not self.ctx.json:
+            print(f"clipasso eval: {report['images']} tiny-world shapes, {report['strokes']} strokes; "
+                  f"shape top-1 of the sketches {report['sketch_top1']:.3f}, saliency init "
+                  f"{report['init_top1']:.3f}, random strokes {report['random_top1']:.3f}, "
+                  f"target images {report['target_top1']:.3f} (chance {report['chance']:.3f})")
+        return report
+
+    def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
+        """Sketch two bundled single-shape examples with the tiny-world config."""
+        from .recognition import shape_probabilities
+        chosen = [p for p in examples if p.name in DEMO_IMAGES] or examples[:2]
+        sketcher = self.sketcher()
+        items = []
+        for path in chosen:
+            sk = sketcher.sketch(self.load_target(path))
+            files = self.write(sk, sketcher, out, f"{path.stem}_sketch")
+            shutil.copy2(path, out / path.name)
+            probs, labels = shape_probabilities(sketcher.backbone, self.ctx.text_bank,
+                                                sk.best, sk.size, sketcher.rasteriser)
+            top = int(probs[0].argmax())
+            r = sk.result
+            items.append(DemoItem(path.stem, [path.name, files["png"].name], [
+                f"{self.cfg.strokes.count} strokes, {r.iterations} iterations, {self.cfg.optim.seeds} seeds "
+                f"(best seed {r.best_seed}, loss {float(r.losses[r.best_seed]):.3f})",
+                f"tiny CLIP reads the sketch as: {labels[top]} ({float(probs[0, top]):.2f})"]))
+        return items
