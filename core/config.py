@@ -176,7 +176,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: Path | None = None, overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> T:
-    """Defaults <- YAML file <- `base` (CLI options) <- overrides, validated into `cls`."""
+    """Defaults <- YAML file <- `base` (CLI options) <- overrides, validated into `cls`.
+    Mappings merge key by key (so `--set model.vision_cfg.layers=2` keeps the rest of a
+    dict-valued default); lists and scalars replace."""
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(path)
@@ -184,7 +186,9 @@ def load_config(cls: type[T], path: Path | None = None, overrides: Sequence[str]
     if base:
         data = _merge(data, base)
     data = apply_overrides(data, overrides)
-    return from_dict(cls, data, where=str(path) if path else "config")
+    where = str(path) if path else "config"
+    from_dict(cls, data, where=where)  # unknown keys are reported against the user's input
+    return from_dict(cls, _merge(to_dict(cls()), data), where=where)
 
 
 def save_config(cfg: Any, path: Path, task: str) -> None:

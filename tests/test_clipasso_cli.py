@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +59,26 @@ def test_infer_writes_svg_png_gif_and_json(tmp_path, capsys) -> None:
     check_svg(out / "tri.svg", 5, (36, 48))  # aspect kept: 64x48 -> 48x36
     assert Image.open(out / "tri.png").size == (48, 36)
     gif = Image.open(out / "tri.gif")
-    assert gif.format == "GIF" and gif.n_frames == 4  # iterations 0, 2, final, best
+    assert gif.format == "GIF" and gif.n_frames == 3  # iterations 0 and 2, then the best
     assert (out / "clipasso_infer_config.yaml").read_text().count("count: 5") == 1
 
 
-@pytest.mark.parametrize("size, mode", [((16, 16), "RGB"), ((1600, 500), "RGB"), ((50, 90), "L"),
-                                        ((64, 64), "RGBA"), ((64, 64), "P"), ((40, 40), "LA")])
-def test_odd_images(tmp_path, capsys, size, mode) -> None:
-    img = drawing(tmp_path / f"im_{mode}.png", size, mode)
+ODD = [((16, 16), "RGB"), ((1600, 500), "RGB"), ((50, 90), "L"), ((64, 64), "RGBA"), ((64, 64), "P"),
+       ((40, 40), "LA")]
+
+
+def test_odd_images(tmp_path, capsys) -> None:
+    """Tiny, huge non-square, grayscale, RGBA, palette and grey+alpha images in one run."""
+    paths = [drawing(tmp_path / f"im{i}_{mode}.png", size, mode) for i, (size, mode) in enumerate(ODD)]
     out = tmp_path / "out"
-    code, _, err = run(capsys, "clipasso", "infer", "--image", str(img), "--strokes", "4", "--iters", "2",
+    code, _, err = run(capsys, "clipasso", "infer", "--image", *map(str, paths), "--strokes", "4", "--iters", "2",
                        *FAST, "--out", str(out), "--json")
     assert code == 0, err
-    w, h = size
-    expected = (48, max(16, round(w * 48 / h))) if h > w else (max(16, round(h * 48 / w)), 48)
-    check_svg(out / f"im_{mode}.svg", 4, expected)
-    assert Image.open(out / f"im_{mode}.png").size == expected[::-1]
+    for path, (size, _) in zip(paths, ODD):
+        w, h = size
+        expected = (48, max(16, round(w * 48 / h))) if h > w else (max(16, round(h * 48 / w)), 48)
+        check_svg(out / f"{path.stem}.svg", 4, expected)
+        assert Image.open(out / f"{path.stem}.png").size == expected[::-1]
 
 
 @pytest.mark.parametrize("strokes", [1, 256])
@@ -176,11 +179,10 @@ def test_eval_reports_accuracies(tmp_path, capsys) -> None:
 
 def test_demo_sketches_two_examples(tmp_path) -> None:
     cfg = load_config(ClipassoConfig, resolve_config_path("clipasso", "tiny_world"))
+    cfg.optim.iterations = 3  # the demo's own length is measured by tools/bench_clipasso.py
     task = ClipassoTask(cfg, Context(cfg))
-    start = time.perf_counter()
     items = task.demo(example_images(), tmp_path)
-    elapsed = time.perf_counter() - start
-    assert len(items) == 2 and elapsed < 90  # ~10 s on 2 idle cores; loose for loaded machines
+    assert len(items) == 2
     for item in items:
         assert all((tmp_path / name).is_file() for name in item.images)
         assert any("strokes" in line for line in item.lines)

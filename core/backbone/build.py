@@ -47,18 +47,16 @@ def _arch_quick_gelu(arch: str) -> bool:
     return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
 
 
-def _tiny_world() -> BuiltModel:
-    folder = tiny_world_dir()
+def _folder(folder: Path, name: str, missing_hint: str) -> BuiltModel:
+    """An open_clip `local-dir` folder: open_clip_config.json + open_clip_model.safetensors."""
     weights = folder / "open_clip_model.safetensors"
     if not (folder / "open_clip_config.json").is_file() or not weights.is_file():
-        raise UserError(f"the bundled tiny-world weights are missing from {folder}; rebuild them "
-                        "with 'clipheads clip train --config tiny_world' (docs/tiny_world.md) or "
-                        "pass --backbone ARCH:TAG / --backbone ARCH --weights FILE")
-    name = f"local-dir:{folder}"
-    model = open_clip.create_model(name, load_weights=False)
+        raise UserError(f"{name}: weights missing from {folder}; {missing_hint}")
+    spec = f"local-dir:{folder}"
+    model = open_clip.create_model(spec, load_weights=False)
     ckpt = read_checkpoint(weights)
-    load_into(model, ckpt, "tiny-world", quick_gelu=bool(ckpt.quick_gelu))
-    return BuiltModel(model, open_clip.get_tokenizer(name), f"bundled {weights.name}")
+    load_into(model, ckpt, name, quick_gelu=bool(ckpt.quick_gelu))
+    return BuiltModel(model, open_clip.get_tokenizer(spec), str(weights))
 
 
 def _pretrained(spec: BackboneSpec, cache_dir: str | None) -> BuiltModel:
@@ -98,7 +96,11 @@ def build_model(spec: BackboneSpec, weights: str | Path | None = None, *,
 
 def _build(spec: BackboneSpec, weights, allow_torchscript: bool, cache_dir: str | None) -> BuiltModel:
     if spec.is_tiny_world:
-        return _tiny_world()
+        return _folder(tiny_world_dir(), "tiny-world",
+                       "rebuild them with 'clipheads clip train --config tiny_world --install' "
+                       "(docs/tiny_world.md) or pass --backbone ARCH:TAG")
+    if spec.local_dir is not None:
+        return _folder(spec.local_dir, str(spec), "export a trained CLIP there first")
     if spec.tag == RANDOM_TAG:
         return _random(spec)
     if spec.tag is not None:

@@ -1,4 +1,5 @@
-"""Backbone spec strings: `tiny-world`, `ARCH:TAG`, `ARCH:random`, or `ARCH` + a weights file."""
+"""Backbone spec strings: `tiny-world`, `ARCH:TAG`, `ARCH:random`, `local-dir:PATH` (an
+exported open_clip folder), or `ARCH` + a weights file."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from ..errors import UserError, close_matches
 
 TINY_WORLD = "tiny-world"
 RANDOM_TAG = "random"
+LOCAL_DIR = "local-dir:"
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,11 @@ class BackboneSpec:
     @property
     def is_tiny_world(self) -> bool:
         return self.arch == TINY_WORLD
+
+    @property
+    def local_dir(self) -> Path | None:
+        """The folder of a `local-dir:PATH` spec (open_clip_config.json + weights)."""
+        return Path(self.arch[len(LOCAL_DIR):]) if self.arch.startswith(LOCAL_DIR) else None
 
     def __str__(self) -> str:
         return self.arch if self.tag is None else f"{self.arch}:{self.tag}"
@@ -41,6 +48,13 @@ def parse_spec(spec: str, weights: str | Path | None = None) -> BackboneSpec:
             raise UserError("--weights cannot be combined with the tiny-world backbone; "
                             "name the architecture the file belongs to with --backbone ARCH")
         return BackboneSpec(TINY_WORLD)
+    if spec.startswith(LOCAL_DIR):
+        folder = Path(spec[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise UserError(f"backbone '{spec}': {folder} has no open_clip_config.json; point "
+                            "local-dir: at an exported CLIP folder (e.g. RUN/export from "
+                            "'clipheads clip train')")
+        return BackboneSpec(f"{LOCAL_DIR}{folder}")
     arch, _, tag = spec.partition(":")
     known = open_clip.list_models()
     if arch not in known:
