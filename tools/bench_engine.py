@@ -55,20 +55,19 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True)
     it = iter(loader)
-    for _ in range(2):  # warm-up
-        images, tokens = next(it)
-        loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+    def bare_steps(n: int) -> None:
+        for _ in range(n):
+            images, tokens = next(it)
+            loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    bare_steps(2)  # warm-up
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        images, tokens = next(it)
-        loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    bare_steps(args.steps)
     _sync(device)
     bare = args.steps / (time.perf_counter() - t0)
 
