@@ -64,7 +64,10 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     sections = []
     for name in TASKS.names():
         task = _task_for_demo(name, device)
-        items = task.demo(examples, ensure_writable_dir(out / name))
+        folder = ensure_writable_dir(out / name)
+        items = task.demo(examples, folder)
+        if not any(folder.iterdir()):
+            folder.rmdir()
         if items:
             rel = [DemoItem(i.title, [str(Path(name) / p) for p in i.images], i.lines) for i in items]
             sections.append((name, type(task).summary, rel))
