@@ -14,15 +14,19 @@ SINGLES = [("red", "circle"), ("blue", "star"), ("green", "triangle"), ("yellow"
            ("purple", "heart"), ("orange", "cross")]
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for old in OUT.glob("*.png"):
+def write_examples(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
         old.unlink()
     seeds = split_seeds("test", 16, start=900_000)
     for i, (colour, shape) in enumerate(SINGLES):
-        make_single(seeds[i], colour, shape, 96).image.save(OUT / f"single_{colour}_{shape}.png")
+        make_single(seeds[i], colour, shape, 96).image.save(out / f"single_{colour}_{shape}.png")
     for j in range(4):
-        make_scene(seeds[8 + j], 128, n_objects=(2, 3)).image.save(OUT / f"scene_{j}.png")
+        make_scene(seeds[8 + j], 128, n_objects=(2, 3)).image.save(out / f"scene_{j}.png")
+
+
+def main() -> None:
+    write_examples(OUT)
     print(f"wrote {len(list(OUT.glob('*.png')))} images to {OUT}")
 
 
