@@ -19,7 +19,7 @@ class StrokeConfig:
     count: int = 16
     width: float = 3.0               # full width in canvas px (paper: diffvg half-width 1.5)
     colour: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    canvas: int = 224                # long side of the canvas in px (the short side keeps the aspect)
+    canvas: int | None = None        # long side of the canvas in px (aspect kept); None: CLIP's input size
     rasteriser: str = "torch"        # "torch" (default) or "diffvg" when pydiffvg is installed
     segments: int = 32               # polyline segments per cubic in the torch rasteriser
 

@@ -5,8 +5,9 @@ Target features are computed once per image. With ``bank > 0`` a fixed set of `b
 augmentations is drawn once and the target's features for every one of them are
 cached; each iteration each seed draws N of them. That keeps the augmentations varied
 across iterations (what stops the sketch from becoming an adversarial pattern for one
-view) while the target never goes through CLIP again: a 1/3 saving on the forward work
-of an iteration for a ResNet-101 loss. ``bank = 0`` is the official behaviour: fresh
+view) while the target never goes through CLIP again: no second forward of (1 + N) images
+per iteration, about a quarter of an iteration's CLIP compute (the sketch needs
+forward and backward). ``bank = 0`` is the official behaviour: fresh
 augmentations every iteration, with the target's features recomputed for them (the
 clean target's features are still cached).
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .raster import Rasteriser
 from .strokes import Strokes
@@ -82,3 +82,22 @@ def saliency_image(maps, target_pixels: torch.Tensor) -> Image.Image:
     target = (target_pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     panels = [target, grey(maps.attention), grey(maps.placement)]
     return Image.fromarray(np.concatenate(panels, axis=1), "RGB")
+
+
+def contact_sheet(grid: list[list[tuple[torch.Tensor, str, bool]]], cell: int = 128) -> Image.Image:
+    """Rows of (image [3, H, W] in [0, 1], caption, correct) cells; captions green / red."""
+    rows, cols = len(grid), max(len(r) for r in grid)
+    caption_h = 14
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(grid):
+        for c, (img, caption, ok) in enumerate(row):
+            arr = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            tile = Image.fromarray(arr, "RGB")
+            scale = cell / max(tile.size)
+            tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))),
+                               Image.Resampling.LANCZOS)
+            x, y = c * cell, r * (cell + caption_h)
+            sheet.paste(tile, (x + (cell - tile.width) // 2, y + (cell - tile.height) // 2))
+            draw.text((x + 4, y + cell), caption, fill=(0, 140, 0) if ok else (200, 0, 0))
+    return sheet

@@ -9,12 +9,14 @@ shape averages the tiny world's own caption forms over every colour.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from clipheads.core.tinyworld import COLOURS, SHAPES, make_single, split_seeds
 from clipheads.core.tinyworld.scene import article
 
+from .outputs import atomic_write, contact_sheet, png_bytes
 from .placement import random_strokes
 from .raster import Rasteriser
 from .saliency import normalise
@@ -51,9 +53,13 @@ def shape_probabilities(backbone, text_bank, strokes: Strokes, size: tuple[int, 
     return classify(backbone, text, render(strokes, size, rasteriser)), list(SHAPES)
 
 
+ROWS = ("image", "init", "sketch", "random")
+
+
 def sketch_recognition(sketcher, text_bank, per_shape: int = 4, split: str = "test",
-                       start: int = 0) -> dict:
-    """Shape top-1 of optimised sketches vs the saliency init, random strokes and the images."""
+                       start: int = 0, sheet: Path | None = None) -> dict:
+    """Shape top-1 of optimised sketches vs the saliency init, random strokes and the images;
+    `sheet` writes a contact sheet (one column per image, one row per kind, predicted label)."""
     backbone, raster = sketcher.backbone, sketcher.rasteriser
     text = text_bank.embed(list(SHAPES), shape_templates())
     count, width = sketcher.cfg.strokes.count, sketcher.cfg.strokes.width
@@ -63,7 +69,7 @@ def sketch_recognition(sketcher, text_bank, per_shape: int = 4, split: str = "te
     for i, seed in enumerate(seeds):
         shape = SHAPES[i % len(SHAPES)]
         colour = COLOURS[(i // len(SHAPES)) % len(COLOURS)]
-        target = prepare_target(make_single(seed, colour, shape, SCENE_SIZE).image, sketcher.cfg.strokes.canvas)
+        target = prepare_target(make_single(seed, colour, shape, SCENE_SIZE).image, sketcher.canvas)
         sk = sketcher.sketch(target)
         size = sk.size
         g = torch.Generator().manual_seed(seed)
@@ -74,11 +80,18 @@ def sketch_recognition(sketcher, text_bank, per_shape: int = 4, split: str = "te
         images.append(target.pixels)
     y = torch.tensor(labels)
 
-    def top1(batch: list[torch.Tensor]) -> float:
-        return float((classify(backbone, text, torch.cat(batch)).argmax(-1) == y).float().mean())
+    preds = {name: classify(backbone, text, torch.cat(batch)).argmax(-1)
+             for name, batch in zip(ROWS, (images, inits, sketches, randoms))}
+    if sheet is not None:
+        grid = [[(im[0], SHAPES[int(p)], int(p) == int(t)) for im, p, t in zip(batch, preds[name], y)]
+                for name, batch in zip(ROWS, (images, inits, sketches, randoms))]
+        atomic_write(sheet, png_bytes(contact_sheet(grid)))
+
+    def top1(name: str) -> float:
+        return float((preds[name] == y).float().mean())
 
     return {"images": len(seeds), "strokes": count, "iterations": sketcher.cfg.optim.iterations,
             "seeds": sketcher.cfg.optim.seeds, "backbone": str(backbone.spec),
-            "sketch_top1": top1(sketches), "init_top1": top1(inits), "random_top1": top1(randoms),
-            "target_top1": top1(images), "chance": 1.0 / len(SHAPES),
+            "sketch_top1": top1("sketch"), "init_top1": top1("init"), "random_top1": top1("random"),
+            "target_top1": top1("image"), "chance": 1.0 / len(SHAPES),
             "seconds": round(time.perf_counter() - began, 1)}

@@ -31,7 +31,7 @@ def check_config(cfg: ClipassoConfig) -> None:
         raise UserError(f"strokes.count must be >= 1, got {s.count}")
     if s.width <= 0:
         raise UserError(f"strokes.width must be > 0 (full width in px), got {s.width}")
-    if s.canvas < MIN_CANVAS:
+    if s.canvas is not None and s.canvas < MIN_CANVAS:
         raise UserError(f"strokes.canvas must be >= {MIN_CANVAS} px, got {s.canvas}")
     if len(s.colour) != 3 or not all(0.0 <= c <= 1.0 for c in s.colour):
         raise UserError(f"strokes.colour must be 3 numbers in [0, 1], got {s.colour}")
@@ -80,6 +80,8 @@ class Sketcher:
         if cfg.init.method == "saliency" and not self.saliency_backbone.is_vit:
             raise UserError(f"saliency needs a ViT backbone (attention maps); {self.saliency_backbone.spec} "
                             "is a ResNet: set init.saliency_backbone (e.g. ViT-B-32:openai) or init.method=random")
+        size = cfg.strokes.canvas or max(loss_backbone.image_size)
+        self.canvas: int = max(MIN_CANVAS, int(size))
         self.rasteriser = rasteriser or get_rasteriser(
             cfg.strokes.rasteriser, **({"segments": cfg.strokes.segments} if cfg.strokes.rasteriser == "torch" else {}))
 

@@ -75,13 +75,13 @@ def remove_background(image: Image.Image) -> Image.Image:
     return to_rgba(remove(image.convert("RGB")))
 
 
-def shrink(image: Image.Image, canvas: int) -> Image.Image:
-    """Huge images reduced by PIL first (to ~2x the canvas), so float copies stay small."""
+def shrink(image: Image.Image, max_side: int = 2048) -> Image.Image:
+    """RGBA, with huge images reduced by PIL first (long side `max_side`), so float copies stay small."""
     rgba = to_rgba(image)
     long_side = max(rgba.size)
-    if long_side <= 4 * canvas:
+    if long_side <= max_side:
         return rgba
-    scale = 2 * canvas / long_side
+    scale = max_side / long_side
     size = (max(1, round(rgba.width * scale)), max(1, round(rgba.height * scale)))
     # Premultiply so transparent pixels' colours do not bleed into the object's edge.
     return rgba.convert("RGBa").resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0).convert("RGBA")

@@ -12,6 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from clipheads.core.cli_args import ensure_writable_dir
 from clipheads.core.data.images import load_image_rgba
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
@@ -23,6 +27,16 @@ from .sketcher import Sketch, Sketcher, check_config
 from .target import Target, load_mask, prepare_target, remove_background, shrink
 
 DEMO_IMAGES = ("single_blue_star.png", "single_red_circle.png")
+
+
+def check_no_overwrite(out: Path, images: list[Path], masks: list[Path]) -> None:
+    """Refuse before any work when DIR/<stem>.{svg,png,gif} would replace an input file."""
+    inputs_resolved = {p.resolve() for p in images + masks if p.exists()}
+    for image in images:
+        for suffix in (".svg", ".png", ".gif", "_saliency.png"):
+            target = (out / f"{image.stem}{suffix}").resolve()
+            if target in inputs_resolved:
+                raise UserError(f"writing {target} would overwrite an input file; choose another --out")
 
 
 @register_task("clipasso")
@@ -42,6 +56,8 @@ class ClipassoTask(Task):
             parser.add_argument("--gif", action="store_true", help="also write <stem>.gif of the optimisation")
         else:
             parser.add_argument("--per-shape", type=int, default=4, help="tiny-world images per shape")
+            parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG (images, init, "
+                                                          "sketches, random strokes; predicted shapes)")
         parser.add_argument("--strokes", type=int, help="strokes per sketch (abstraction level)")
         parser.add_argument("--iters", type=int, help="optimisation iterations (0 = the initialisation)")
         parser.add_argument("--seeds", type=int, help="seeds optimised together; the best is kept")
@@ -74,14 +90,18 @@ class ClipassoTask(Task):
     def sketcher(self) -> Sketcher:
         return Sketcher(self.cfg, self.ctx.backbone, self._saliency_backbone())
 
-    def load_target(self, image: Path, mask: Path | None = None) -> Target:
-        """Image (+ optional mask file) -> white-background canvas target; bad files fail here."""
-        canvas = self.cfg.strokes.canvas
-        img = shrink(load_image_rgba(image), canvas)
+    def read_input(self, image: Path, mask: Path | None = None) -> tuple[Image.Image, np.ndarray | None]:
+        """Decode (and check) an image and its optional mask file; huge images are reduced."""
+        img = shrink(load_image_rgba(image))
         if self.cfg.output.rembg:
             img = remove_background(img)
-        m = load_mask(mask, img.size) if mask is not None else None
-        return prepare_target(img, canvas, m)
+        return img, (load_mask(mask, img.size) if mask is not None else None)
+
+    def load_target(self, image: Path, mask: Path | None = None, canvas: int | None = None) -> Target:
+        """Image (+ optional mask file) -> white-background target on the canvas (default:
+        strokes.canvas, else the loss backbone's input size)."""
+        img, m = self.read_input(image, mask)
+        return prepare_target(img, canvas or self.cfg.strokes.canvas or max(self.ctx.backbone.image_size), m)
 
     # actions ----------------------------------------------------------------------------
     def infer(self, args: argparse.Namespace) -> list[dict]:
@@ -91,14 +111,16 @@ class ClipassoTask(Task):
             raise UserError(f"got {len(masks)} --mask file(s) for {len(args.image)} image(s); "
                             "pass one mask per image")
         out = self.ctx.out_dir()
-        targets = [self.load_target(p, masks[i] if masks else None) for i, p in enumerate(args.image)]
+        check_no_overwrite(out, list(args.image), list(masks))
         stems = [p.stem for p in args.image]
         if len(set(stems)) != len(stems):
             raise UserError("two input images share a file name stem; their outputs would collide in --out")
+        inputs = [self.read_input(p, masks[i] if masks else None) for i, p in enumerate(args.image)]
         sketcher = self.sketcher()
         results = []
-        for path, target in zip(args.image, targets):
+        for path, (image, mask) in zip(args.image, inputs):
             start = time.perf_counter()
+            target = prepare_target(image, sketcher.canvas, mask)
             sk = sketcher.sketch(target, progress=not self.ctx.json)
             files = self.write(sk, sketcher, out, path.stem)
             r = sk.result
@@ -132,7 +154,10 @@ class ClipassoTask(Task):
         self._apply_args(args)
         if args.per_shape < 1:
             raise UserError(f"--per-shape must be >= 1, got {args.per_shape}")
-        report = sketch_recognition(self.sketcher(), self.ctx.text_bank, per_shape=args.per_shape)
+        if args.sheet is not None:
+            ensure_writable_dir(args.sheet.parent)
+        report = sketch_recognition(self.sketcher(), self.ctx.text_bank, per_shape=args.per_shape,
+                                    sheet=args.sheet)
         if not self.ctx.json:
             print(f"clipasso eval: {report['images']} tiny-world shapes, {report['strokes']} strokes; "
                   f"shape top-1 of the sketches {report['sketch_top1']:.3f}, saliency init "
@@ -147,7 +172,7 @@ class ClipassoTask(Task):
         sketcher = self.sketcher()
         items = []
         for path in chosen:
-            sk = sketcher.sketch(self.load_target(path))
+            sk = sketcher.sketch(self.load_target(path, canvas=sketcher.canvas))
             files = self.write(sk, sketcher, out, f"{path.stem}_sketch")
             shutil.copy2(path, out / path.name)
             probs, labels = shape_probabilities(sketcher.backbone, self.ctx.text_bank,

@@ -238,7 +238,7 @@ class LSegTask(Task):
                 info.metrics = tiny_world_report(make, scenes, d.background, heldout)
             else:
                 info.metrics = eval_fn(module)
-        head_dir = save_head(out / "head", module, info)
+        head_dir = save_head(out / "head", module.state_dict(), info)
         summary = {"out": str(out), "head": str(head_dir), "steps": trainer.step,
                    "skipped": getattr(dataset, "skipped", 0), **_headline(info.metrics)}
         if getattr(args, "install", False):
@@ -286,9 +286,10 @@ class LSegTask(Task):
             ds = FolderSegmentation(Path(data), args.split or d.val_split, names, None, d.ignore_index)
             seg = self.segmenter(net, names.names, templates, icfg)
             n = len(ds) if limit is None else min(limit, len(ds))
-            cm = confusion(seg, folder_scenes(ds, limit), len(names.names), d.ignore_index,
-                           progress=not self.ctx.json, total=n)
-            result = {"data": str(data), "images": n - ds.skipped, "skipped": ds.skipped,
+            seen = []
+            scenes = (seen.append(s.name) or s for s in folder_scenes(ds, limit))
+            cm = confusion(seg, scenes, len(names.names), d.ignore_index, progress=not self.ctx.json, total=n)
+            result = {"data": str(data), "images": len(seen), "skipped": ds.skipped,
                       "labels_from": names.source, **cm.summary(names.names)}
         else:
             scenes = tiny_world_eval("test", limit or self.cfg.eval.n_scenes, self.cfg.data.scene_size)

@@ -65,12 +65,12 @@ def head_files(path: str | Path) -> tuple[Path, Path]:
     return folder / WEIGHTS, folder / META
 
 
-def save_head(folder: Path, net: nn.Module, info: HeadInfo, half: bool = False) -> Path:
-    """Write both files atomically (temporary names, then renamed); returns the folder."""
+def save_head(folder: Path, state: dict[str, torch.Tensor], info: HeadInfo, half: bool = False) -> Path:
+    """Write the net's state dict and its description atomically (temporary names, then
+    renamed); `half` stores floats as fp16. Returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in net.state_dict().items()}
+    state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu()).contiguous()
+             for k, v in state.items()}
     w_tmp, m_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{META}.tmp"
     try:
         save_file(state, str(w_tmp), metadata={"format": FORMAT})
@@ -112,9 +112,8 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read {weights}: truncated or corrupt ({type(exc).__name__})") from exc
 
 
-def load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Strict load: missing, unexpected and mis-shaped keys are named in one line."""
-    own = net.state_dict()
+def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
+    """Missing, unexpected and mis-shaped keys, named in one line (works on meta tensors)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -123,6 +122,12 @@ def load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> No
         parts = [f"{len(v)} {name}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
                  for name, v in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad)) if v]
         raise UserError(f"{where} does not fit this LSeg net: {'; '.join(parts)}")
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Strict load after `check_state`."""
+    own = net.state_dict()
+    check_state(own, state, where)
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
