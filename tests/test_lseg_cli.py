@@ -208,7 +208,7 @@ def test_train_on_a_folder_then_infer_with_the_head(tmp_path, capsys, tiny):
     head = out / "head"
     meta = json.loads((head / "lseg_head.json").read_text())
     assert summary["steps"] == 2 and meta["labels"] == ["wall", "floor", "sky"]
-    assert meta["backbone"] == TINY_VIT and meta["infer"]["size"] == 24
+    assert meta["backbone"] == TINY_VIT and meta["infer"] == {"size": 128, "base_size": 128, "crop_size": 128, "stride": 85}
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(l.get("kind") == "eval" for l in lines)
     img = _png(tmp_path / "q.png", np.zeros((20, 20, 3), np.uint8))

@@ -17,6 +17,7 @@ each seed exactly the gradient it would get alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,11 @@ from .config import LossConfig
 from .saliency import normalise
 from .target import resize, square_pad
 
+if TYPE_CHECKING:
+    from clipheads.core.backbone import FrozenCLIP
 
-def default_layers(backbone) -> list[int]:
+
+def default_layers(backbone: "FrozenCLIP") -> list[int]:
     """Geometric-loss layers: ResNet stages 2, 3 (layer2, layer3, as the paper); for a ViT
     blocks 2, 3 (the official code's indices into its block list), or the middle two
     blocks of a shallow ViT."""
@@ -53,7 +57,7 @@ class LossTerms:
 class SketchLoss:
     """The loss of rendered sketches against one target image."""
 
-    def __init__(self, backbone, target: torch.Tensor, cfg: LossConfig,
+    def __init__(self, backbone: "FrozenCLIP", target: torch.Tensor, cfg: LossConfig,
                  generator: torch.Generator | None = None):
         self.backbone = backbone
         self.cfg = cfg

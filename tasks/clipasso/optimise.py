@@ -124,7 +124,7 @@ def optimise(init: Strokes, rasteriser: Rasteriser, size: tuple[int, int], loss_
         history.append({"iteration": iteration, "loss": [round(float(v), 6) for v in clean]})
         return bool(improved.any())
 
-    bar = tqdm(range(cfg.iterations), desc="clipasso", unit="it", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.iterations), desc="clipasso", unit="it", disable=None if progress else True, leave=False)
     for step in bar:
         current = params.snapshot() if (step % cfg.eval_every == 0 or
                                         (gif_every and step % gif_every == 0)) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,12 @@ from .saliency import normalise
 from .strokes import Strokes
 from .target import prepare_target, resize, square_pad
 
+if TYPE_CHECKING:
+    from clipheads.core.backbone import FrozenCLIP
+    from clipheads.core.text import TextBank
+
+    from .sketcher import Sketcher
+
 SCENE_SIZE = 96
 
 
@@ -31,7 +38,7 @@ def shape_templates() -> tuple[str, ...]:
     return tuple(f"a photo of {article(c)} {c} {{}}." for c in COLOURS)
 
 
-def classify(backbone, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+def classify(backbone: "FrozenCLIP", text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Softmax over labels [N, L] for canvas images [N, 3, H, W] in [0, 1] (white-padded to square)."""
     pixels = normalise(resize(square_pad(images.to(backbone.device)), tuple(backbone.image_size)),
                        backbone.mean, backbone.std)
@@ -46,7 +53,7 @@ def render(strokes: Strokes, size: tuple[int, int], rasteriser: Rasteriser) -> t
         return rasteriser.render(strokes, *size, background=1.0)
 
 
-def shape_probabilities(backbone, text_bank, strokes: Strokes, size: tuple[int, int],
+def shape_probabilities(backbone: "FrozenCLIP", text_bank: "TextBank", strokes: Strokes, size: tuple[int, int],
                         rasteriser: Rasteriser) -> tuple[torch.Tensor, list[str]]:
     """[B, shapes] probabilities that each sketch shows each tiny-world shape."""
     text = text_bank.embed(list(SHAPES), shape_templates())
@@ -56,7 +63,7 @@ def shape_probabilities(backbone, text_bank, strokes: Strokes, size: tuple[int, 
 ROWS = ("image", "init", "sketch", "random")
 
 
-def sketch_recognition(sketcher, text_bank, per_shape: int = 4, split: str = "test",
+def sketch_recognition(sketcher: "Sketcher", text_bank: "TextBank", per_shape: int = 4, split: str = "test",
                        start: int = 0, sheet: Path | None = None) -> dict:
     """Shape top-1 of optimised sketches vs the saliency init, random strokes and the images;
     `sheet` writes a contact sheet (one column per image, one row per kind, predicted label)."""
@@ -85,7 +92,7 @@ def sketch_recognition(sketcher, text_bank, per_shape: int = 4, split: str = "te
     if sheet is not None:
         grid = [[(im[0], SHAPES[int(p)], int(p) == int(t)) for im, p, t in zip(batch, preds[name], y)]
                 for name, batch in zip(ROWS, (images, inits, sketches, randoms))]
-        atomic_write(sheet, png_bytes(contact_sheet(grid)))
+        atomic_write(sheet, png_bytes(contact_sheet(grid).quantize(64), optimize=True))  # small enough for docs
 
     def top1(name: str) -> float:
         return float((preds[name] == y).float().mean())

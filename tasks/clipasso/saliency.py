@@ -9,7 +9,7 @@ core's `forward_intermediates(..., attention=True)`, so any open_clip ViT works.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from clipheads.core.errors import UserError, close_matches
 
 from .edges import edge_saliency, xdog_edges
 from .target import Target, resize, square_offset, square_pad
+
+if TYPE_CHECKING:
+    from clipheads.core.backbone import FrozenCLIP
 
 RELEVANCY: tuple[str, ...] = ("attention", "rollout")
 Relevancy = Literal["attention", "rollout"]
@@ -31,7 +34,7 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return (images - m) / s
 
 
-def vit_relevancy(backbone, pixels: torch.Tensor, relevancy: Relevancy = "attention") -> torch.Tensor:
+def vit_relevancy(backbone: "FrozenCLIP", pixels: torch.Tensor, relevancy: Relevancy = "attention") -> torch.Tensor:
     """[B, gh, gw] CLS -> patch relevancy of a ViT backbone for normalised `pixels`."""
     if relevancy not in RELEVANCY:
         raise UserError(f"unknown relevancy {relevancy!r}{close_matches(relevancy, RELEVANCY)}; "
@@ -62,7 +65,7 @@ def min_max(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (x - lo) / (hi - lo)
 
 
-def attention_map(backbone, target: Target, relevancy: Relevancy = "attention") -> torch.Tensor:
+def attention_map(backbone: "FrozenCLIP", target: Target, relevancy: Relevancy = "attention") -> torch.Tensor:
     """[H, W] relevancy on the target's canvas, in [0, 1]."""
     square = square_pad(target.pixels.to(backbone.device))
     side = square.shape[-1]
@@ -84,7 +87,7 @@ class SaliencyMaps:
     placement: torch.Tensor
 
 
-def saliency_maps(backbone, target: Target, relevancy: Relevancy = "attention", use_edges: bool = True,
+def saliency_maps(backbone: "FrozenCLIP", target: Target, relevancy: Relevancy = "attention", use_edges: bool = True,
                   xdog: dict[str, float] | None = None) -> SaliencyMaps:
     """The paper's placement map ``(1 - xdog) * attention`` on the canvas."""
     attn = attention_map(backbone, target, relevancy)

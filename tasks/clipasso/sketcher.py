@@ -7,6 +7,7 @@ task is a thin layer over it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from .raster import Rasteriser, get_rasteriser
 from .saliency import RELEVANCY, SaliencyMaps, saliency_maps
 from .strokes import Strokes
 from .target import Target
+
+if TYPE_CHECKING:
+    from clipheads.core.backbone import FrozenCLIP
 
 MIN_CANVAS = 16
 
@@ -71,8 +75,8 @@ class Sketcher:
     """CLIPasso for one config: `loss_backbone` scores sketches, `saliency_backbone` (a ViT)
     places the first strokes (None: the loss backbone)."""
 
-    def __init__(self, cfg: ClipassoConfig, loss_backbone, saliency_backbone=None,
-                 rasteriser: Rasteriser | None = None):
+    def __init__(self, cfg: ClipassoConfig, loss_backbone: "FrozenCLIP",
+                 saliency_backbone: "FrozenCLIP | None" = None, rasteriser: Rasteriser | None = None):
         check_config(cfg)
         self.cfg = cfg
         self.backbone = loss_backbone

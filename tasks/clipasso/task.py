@@ -11,6 +11,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,11 +23,14 @@ from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task
 
 from .config import ClipassoConfig
-from .outputs import saliency_image, atomic_write, png_bytes, write_gif, write_png, write_svg
+from .outputs import atomic_write, png_bytes, saliency_image, write_gif, write_png, write_svg
 from .sketcher import Sketch, Sketcher, check_config
 from .target import Target, load_mask, prepare_target, remove_background, shrink
 
-DEMO_IMAGES = ("single_blue_star.png", "single_red_circle.png")
+if TYPE_CHECKING:
+    from clipheads.core.backbone import FrozenCLIP
+
+DEMO_IMAGES = ("single_green_triangle.png", "single_blue_star.png")
 
 
 def check_no_overwrite(out: Path, images: list[Path], masks: list[Path]) -> None:
@@ -75,7 +79,7 @@ class ClipassoTask(Task):
             self.cfg.output.gif = True
         check_config(self.cfg)
 
-    def _saliency_backbone(self):
+    def _saliency_backbone(self) -> "FrozenCLIP | None":
         """A second backbone only when the config names a different one for saliency."""
         i, cfg = self.cfg.init, self.cfg
         if i.method == "random":

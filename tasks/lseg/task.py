@@ -226,8 +226,9 @@ class LSegTask(Task):
                           best_metric=best, config_dict=cfg, device=self.ctx.device)
         trainer.fit(resume=getattr(args, "resume", False))
         module = trainer.module.eval()
+        recorded = {k: getattr(cfg.infer, k) or v for k, v in infer_defaults.items()}
         info = HeadInfo(model=cfg.model, backbone=cfg.backbone, text_dim=self.ctx.backbone.embed_dim,
-                        templates=templates, infer={**infer_defaults, "size": quick.size},
+                        templates=templates, infer=recorded,
                         backbone_fingerprint=self.ctx.backbone.fingerprint, labels=labels,
                         heldout=list(heldout), notes=f"trained by 'clipheads lseg train' for "
                                                      f"{trainer.step} steps")

@@ -1,0 +1,129 @@
+"""LSeg inference benchmark (JSON): images/s at SIZE x SIZE for single-scale and for the
+multi-scale + flip + sliding-window protocol, each as a ratio to the image encoder's bare
+tapped forward (`forward_intermediates` for CLIP encoders) on the same pixels, and peak
+memory per phase. Weights are random: speed does not depend on them.
+
+    python tools/bench_lseg.py                                   # tiny world, CPU
+    python tools/bench_lseg.py --config clip_vitb16_frozen --backbone ViT-B-16:random --device cuda
+    python tools/bench_lseg.py --config ade20k_vitl16 --backbone ViT-B-32:random --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipheads.core.backbone import FrozenCLIP
+from clipheads.core.config import load_config, resolve_config_path
+from clipheads.tasks.lseg.config import LSegConfig
+from clipheads.tasks.lseg.inference import Segmenter
+from clipheads.tasks.lseg.model import build_net
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per call and the peak memory while calling."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    sec = sorted(times)[len(times) // 2]
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb())
+    return {"seconds": round(sec, 5), "images_per_s": round(1.0 / sec, 3), "peak_mb": round(peak, 1)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny_world", help="bundled lseg config or YAML file (the model)")
+    p.add_argument("--backbone", help="override the config's backbone (use ARCH:random offline)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=480, help="square input size")
+    p.add_argument("--labels", type=int, default=150, help="number of labels (ADE20K: 150)")
+    p.add_argument("--scales", default="0.5,0.75,1.0,1.25,1.5,1.75", help="multi-scale scales (the paper's)")
+    p.add_argument("--base-size", type=int, default=520)
+    p.add_argument("--crop-size", type=int, default=480)
+    p.add_argument("--stride", type=int, default=320)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cfg = load_config(LSegConfig, resolve_config_path("lseg", args.config), args.overrides)
+    bb = FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+    torch.manual_seed(0)
+    cfg.model.timm.weights = None
+    net = build_net(cfg.model, bb).to(device).eval()
+    text = torch.randn(args.labels, bb.embed_dim, device=device)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8), "RGB")
+    pixels = torch.randn(1, 3, args.size, args.size, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+
+    def ctx():
+        return torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
+
+    def encoder():
+        with torch.no_grad(), ctx():
+            net.encoder(pixels)
+
+    single_cfg = dataclasses.replace(cfg.infer, multi_scale=False, size=args.size)
+    multi_cfg = dataclasses.replace(cfg.infer, multi_scale=True, size=args.size,
+                                    scales=[float(s) for s in args.scales.split(",")],
+                                    base_size=args.base_size, crop_size=args.crop_size, stride=args.stride)
+    single = Segmenter(net, text, single_cfg, device)
+    multi = Segmenter(net, text, multi_cfg, device)
+
+    def run(seg):
+        def call():
+            with ctx():
+                seg.predict(image)
+        return call
+
+    result = {
+        "config": args.config, "backbone": str(bb.spec), "encoder": cfg.model.encoder,
+        "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        "size": args.size, "labels": args.labels, "amp": args.amp,
+        "decoder_params": sum(p.numel() for m in (net.decoder, net.head) for p in m.parameters()),
+        "multi_scale": {"scales": multi_cfg.scales, "base_size": multi_cfg.base_size,
+                        "crop_size": multi_cfg.crop_size, "stride": multi_cfg.stride, "flip": multi_cfg.flip},
+    }
+    result["encoder_forward_intermediates"] = measure(encoder, device, args.repeats)
+    result["lseg_single_scale"] = measure(run(single), device, args.repeats)
+    result["lseg_multi_scale"] = measure(run(multi), device, max(1, args.repeats // 2))
+    base = result["encoder_forward_intermediates"]["images_per_s"]
+    result["ratio_single_scale"] = round(result["lseg_single_scale"]["images_per_s"] / base, 4)
+    result["ratio_multi_scale"] = round(result["lseg_multi_scale"]["images_per_s"] / base, 4)
+    text_json = json.dumps(result, indent=2)
+    print(text_json)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text_json + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
