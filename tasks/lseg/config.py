@@ -72,6 +72,11 @@ class ModelConfig:
             raise UserError(f"model.temperature must be > 0, got {self.temperature}")
         if self.unlock and self.encoder != "clip":
             raise UserError("model.unlock applies to the clip encoder; for timm use model.timm.trainable")
+        for group in self.unlock:
+            # label embeddings are encoded once and cached, so only the image tower can learn
+            if group != "visual" and not group.startswith("visual.last:"):
+                raise UserError(f"model.unlock group '{group}': LSeg fine-tunes only the image tower; "
+                                "use 'visual' or 'visual.last:N'")
         return self
 
 

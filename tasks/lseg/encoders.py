@@ -23,9 +23,10 @@ Features = tuple[list[torch.Tensor], list[torch.Tensor] | None]
 class ClipEncoder(nn.Module):
     """Tapped blocks of the core FrozenCLIP ViT.
 
-    Frozen (no `unlock`), the backbone is deliberately *not* a registered submodule: it
-    is never in the head's state dict, optimizer, DDP wrapper or checkpoints. Unlocked
-    groups make it a submodule, so its fine-tuned weights travel with the head."""
+    The backbone is deliberately *not* a registered submodule: frozen, it is never in the
+    head's state dict, optimizer, DDP wrapper or checkpoints. With unlocked (image tower)
+    groups, only the image tower becomes a submodule (`visual`), so its fine-tuned
+    weights travel with the head while the text tower stays the backbone's."""
 
     def __init__(self, backbone, layers: Sequence[int], unlock: Sequence[str] = ()):
         super().__init__()
@@ -38,11 +39,10 @@ class ClipEncoder(nn.Module):
             raise UserError(f"model.layers {list(layers)} out of range: backbone {backbone.spec} "
                             f"has {n} blocks (e.g. --set model.layers=[{n//4-1},{n//2-1},{3*n//4-1},{n-1}])")
         self.unlocked = list(unlock)
+        self.__dict__["backbone"] = backbone
         if self.unlocked:
-            self.backbone = backbone
             backbone.unlock(self.unlocked)
-        else:
-            self.__dict__["backbone"] = backbone
+            self.visual = backbone.model.visual
 
     @property
     def widths(self) -> list[int]:

@@ -27,10 +27,19 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(mask.astype(np.uint16))
 
 
+def boundaries(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label."""
+    edge = np.zeros(mask.shape, dtype=bool)
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    return edge
+
+
 def overlay(image: Image.Image, mask: np.ndarray, num_labels: int, alpha: float = 0.5) -> Image.Image:
-    """The image blended with each pixel's label colour."""
-    colours = Image.fromarray(palette(num_labels)[mask], "RGB")
-    return Image.blend(image.convert("RGB"), colours, alpha)
+    """The image blended with each pixel's label colour, region borders drawn in white."""
+    colours = palette(num_labels)[mask]
+    colours[boundaries(mask)] = 255
+    return Image.blend(image.convert("RGB"), Image.fromarray(colours, "RGB"), alpha)
 
 
 def save_png(image: Image.Image, path: Path) -> Path:

@@ -243,11 +243,8 @@ class LSegTask(Task):
         summary = {"out": str(out), "head": str(head_dir), "steps": trainer.step,
                    "skipped": getattr(dataset, "skipped", 0), **_headline(info.metrics)}
         if getattr(args, "install", False):
-            target = bundled_head_dir()
-            target.mkdir(parents=True, exist_ok=True)
-            for f in head_files(head_dir):
-                shutil.copy2(f, target / f.name)
-            summary["installed"] = str(target)
+            # the bundled copy is stored in fp16 (half the size; masks are unchanged in practice)
+            summary["installed"] = str(save_head(bundled_head_dir(), module.state_dict(), info, half=True))
         if not self.ctx.json:
             print(f"lseg: {trainer.step} steps; {_format(_headline(info.metrics))}; head in {head_dir}"
                   + (f", installed to {summary['installed']}" if "installed" in summary else ""))
@@ -295,9 +292,8 @@ class LSegTask(Task):
         else:
             scenes = tiny_world_eval("test", limit or self.cfg.eval.n_scenes, self.cfg.data.scene_size)
             make = lambda names: self.segmenter(net, names, templates, icfg)  # noqa: E731
-            heldout = info.heldout if info.backbone == "tiny-world" else []
             result = {"data": "tiny-world test split",
-                      **tiny_world_report(make, scenes, self.cfg.data.background, heldout,
+                      **tiny_world_report(make, scenes, self.cfg.data.background, info.heldout,
                                           progress=not self.ctx.json)}
         if not self.ctx.json:
             print(_format(_headline(result)))

@@ -75,6 +75,10 @@ def save_head(folder: Path, state: dict[str, torch.Tensor], info: HeadInfo, half
     try:
         save_file(state, str(w_tmp), metadata={"format": FORMAT})
         m_tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n", encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in (w_tmp, m_tmp):   # safetensors writes 0600; heads are shared package data
+            os.chmod(tmp, 0o644 & ~umask)
         os.replace(w_tmp, folder / WEIGHTS)
         os.replace(m_tmp, folder / META)
     except BaseException:
