@@ -74,9 +74,16 @@ def test_infer_contract(tmp_path, capsys, tiny):
     assert np.asarray(Image.open(tmp_path / "ms" / "photo_mask.png")).shape == (37, 53)
 
 
-@pytest.mark.parametrize("kind", ["gray", "rgba", "gray16", "palette"])
+@pytest.mark.parametrize("kind", ["gray", "rgba", "gray16", "palette", "smaller_than_patch"])
 def test_odd_image_modes(tmp_path, capsys, tiny, kind):
     rng = np.random.default_rng(1)
+    if kind == "smaller_than_patch":   # 5 x 3 pixels, the patch is 8 x 8
+        img = _png(tmp_path / "g.png", rng.integers(0, 255, (3, 5, 3), dtype=np.uint8))
+        code, _, err = run(capsys, "lseg", "infer", "--image", img, "--labels", "a,b", *tiny["common"],
+                           "--out", tmp_path / "o")
+        assert code == 0, err
+        assert Image.open(tmp_path / "o" / "g_mask.png").size == (5, 3)
+        return
     if kind == "gray":
         img = _png(tmp_path / "g.png", rng.integers(0, 255, (30, 40), dtype=np.uint8), "L")
     elif kind == "rgba":
@@ -232,3 +239,29 @@ def test_train_on_the_tiny_world_with_held_out_shapes(tmp_path, capsys, tiny):
     code, _, err = run(capsys, "lseg", "train", "--config", "tiny_world", "--backbone", TINY_VIT,
                        "--weights", tiny["ckpt"], "--out", tmp_path / "x", "--install")
     assert code == 2 and "--install" in err
+
+
+def test_head_sizes_and_templates_win_over_the_default_config_only(tiny):
+    from argparse import Namespace
+
+    from clipheads.core.config import load_config, resolve_config_path
+    from clipheads.core.task import Context
+    from clipheads.tasks.lseg import LSegTask
+    from clipheads.tasks.lseg.weights import read_info
+
+    cfg = load_config(LSegTask.Config, resolve_config_path("lseg", "tiny_world"))  # infer.size 128
+    task = LSegTask(cfg, Context(cfg))
+    info = read_info(tiny["head"])                                                  # size 48, 'single'
+    info.templates = "{}"
+
+    def args(**kw):
+        return Namespace(**{"config": None, "overrides": [], "size": None, "templates": None, **kw})
+
+    assert task.infer_config(args(), info).size == 48
+    assert task._templates(args(), info) == "{}"
+    cfg64 = load_config(LSegTask.Config, resolve_config_path("lseg", "tiny_world"), ["infer.size=64"])
+    assert LSegTask(cfg64, Context(cfg64)).infer_config(args(overrides=["infer.size=64"]), info).size == 64
+    assert task.infer_config(args(config="tiny_world"), info).size == 128
+    assert task.infer_config(args(size=32), info).size == 32
+    assert task._templates(args(templates="imagenet80"), info) == "imagenet80"
+    assert task._templates(args(overrides=["templates=single"]), info) == "single"

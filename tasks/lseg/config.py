@@ -141,7 +141,7 @@ class InferConfig:
     crop_size: int | None = None
     stride: int | None = None
     flip: bool = True
-    batch_size: int = 4                    # windows per forward pass
+    batch_size: int = 2                    # windows per forward pass (x2 with flip)
     max_elements: int = 1 << 25            # cap on label x pixel floats when upsampling to the input
 
     def resolved(self, defaults: dict[str, Any]) -> "InferConfig":

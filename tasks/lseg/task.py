@@ -103,9 +103,21 @@ class LSegTask(Task):
     def build(self) -> LSegNet:
         return build_net(self.cfg.model, self.ctx.backbone)
 
+    @staticmethod
+    def _explicit(args: argparse.Namespace | None, key: str) -> bool:
+        """Whether the user chose `key` (a --set override or a --config of their own); values
+        that only come from the automatic default config yield to the head's own."""
+        if getattr(args, "config", None):
+            return True
+        return any(item.split("=", 1)[0].strip() == key for item in getattr(args, "overrides", None) or [])
+
     def _templates(self, args: argparse.Namespace | None, info: HeadInfo | None = None) -> str:
-        name = (getattr(args, "templates", None) or self.cfg.templates
-                or (info.templates if info else None) or DEFAULT_TEMPLATES)
+        """--templates > the user's config > the head's own > the default config > 'single'."""
+        head = info.templates if info else None
+        name = getattr(args, "templates", None)
+        if not name:
+            name = (self.cfg.templates if self._explicit(args, "templates") else None) or head \
+                or self.cfg.templates or DEFAULT_TEMPLATES
         resolve_templates(name)  # unknown set names fail here, before any work
         return name
 
@@ -134,7 +146,11 @@ class LSegTask(Task):
         return net.to(self.ctx.device).eval(), info
 
     def infer_config(self, args: argparse.Namespace | None, info: HeadInfo | None) -> InferConfig:
+        """Sizes: --size > the user's config/--set > the head's own > the default config."""
         cfg = dataclasses.replace(self.cfg.infer)
+        for name, value in (info.infer if info else {}).items():
+            if hasattr(cfg, name) and value is not None and not self._explicit(args, f"infer.{name}"):
+                setattr(cfg, name, int(value))
         if getattr(args, "multi_scale", False):
             cfg.multi_scale = True
         if getattr(args, "size", None):
