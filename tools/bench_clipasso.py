@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from clipheads.core.benchmark import median_seconds, synchronize
 from clipheads.core.backbone import FrozenCLIP
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.core.tinyworld import make_single
@@ -30,24 +31,6 @@ from clipheads.tasks.clipasso import ClipassoConfig, Sketcher, prepare_target
 from clipheads.tasks.clipasso.losses import SketchLoss
 from clipheads.tasks.clipasso.optimise import StrokeParams
 from clipheads.tasks.clipasso.strokes import Strokes
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 class Bench:
@@ -62,7 +45,7 @@ class Bench:
         t0 = time.perf_counter()
         self.maps = self.sketcher.saliency(self.target)
         self.loss = SketchLoss(loss_bb, self.target.pixels, cfg.loss, self.generator)
-        _sync(device)
+        synchronize(device)
         self.setup_seconds = time.perf_counter() - t0
         self.size = (self.target.height, self.target.width)
 

@@ -16,26 +16,8 @@ import time
 import torch
 
 from clipheads.core.backbone import FrozenCLIP
+from clipheads.core.benchmark import median_seconds, synchronize
 from clipheads.core.text import TextBank
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv=None) -> dict:
@@ -62,7 +44,7 @@ def main(argv=None) -> dict:
                         fn()
                 else:
                     fn()
-        return timed(call, device, args.repeats)
+        return median_seconds(call, device, args.repeats, warmup=2)
 
     t_enc = run(lambda: bb.encode_image(x))
     t_dense = run(lambda: bb.dense_embeddings(x))
@@ -75,7 +57,7 @@ def main(argv=None) -> dict:
         cold_bank = TextBank(bb, cache_dir=cache)
         t0 = time.perf_counter()
         cold_bank.embed(labels, args.templates)
-        _sync(device)
+        synchronize(device)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
         cold_bank.embed(labels, args.templates)

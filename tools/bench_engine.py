@@ -16,6 +16,7 @@ import open_clip
 import torch
 from torch.utils.data import TensorDataset
 
+from clipheads.core.benchmark import synchronize
 from clipheads.core.engine import TrainConfig, Trainer, contrastive_loss
 from clipheads.tasks.clip.config import _tiny_model
 
@@ -31,11 +32,6 @@ def _loss(model, batch):
     images, tokens = batch
     out = model(images, tokens)
     return {"loss": contrastive_loss(out["image_features"], out["text_features"], out["logit_scale"])}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> dict:
@@ -65,10 +61,10 @@ def main(argv=None) -> dict:
             opt.step()
 
     def bare_rate() -> float:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         bare_steps(args.steps)
-        _sync(device)
+        synchronize(device)
         return args.steps / (time.perf_counter() - t0)
 
     bare_steps(2)  # warm-up
@@ -82,7 +78,7 @@ def main(argv=None) -> dict:
             trainer = Trainer(model, _loss, data, tcfg, out, device=device, progress=False)
             t0 = time.perf_counter()
             trainer.fit()
-            _sync(device)
+            synchronize(device)
             return time.perf_counter() - t0
 
     # the difference of two runs removes fixed costs (first steps, final checkpoint write)

@@ -15,22 +15,17 @@ import json
 import platform
 import resource
 import sys
-import time
 
 import numpy as np
 import torch
 from PIL import Image
 
 from clipheads.core.backbone import FrozenCLIP
+from clipheads.core.benchmark import median_seconds, synchronize
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.tasks.lseg.config import LSegConfig
 from clipheads.tasks.lseg.inference import Segmenter
 from clipheads.tasks.lseg.model import build_net
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rss_mb() -> float:
@@ -41,16 +36,7 @@ def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
     """Median seconds per call and the peak memory while calling."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    sec = sorted(times)[len(times) // 2]
+    sec = median_seconds(fn, device, repeats, warmup)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb())
     return {"seconds": round(sec, 5), "images_per_s": round(1.0 / sec, 3), "peak_mb": round(peak, 1)}
 
