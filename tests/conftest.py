@@ -3,7 +3,6 @@ checkpoints written in the real file formats."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import open_clip
 import pytest

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import median_seconds, synchronize
+from clipheads.core.benchmark import median_seconds
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.tasks.lseg.config import LSegConfig
 from clipheads.tasks.lseg.inference import Segmenter

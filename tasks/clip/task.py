@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-from pathlib import Path
 
 import open_clip
 import torch
@@ -91,8 +90,10 @@ class ClipTask(Task):
         trainer = Trainer(model, self.loss, dataset, self.cfg.train, out, eval_fn=evaluate,
                           best_metric="zero_shot_top1", config_dict=self.cfg, device=self.ctx.device)
         result = trainer.fit(resume=args.resume)
-        with torch.no_grad():
-            metrics = evaluate(trainer.module.eval())
+        metrics = dict(result.eval_metrics)  # the trainer evaluated at its last step
+        if not metrics:  # resumed a finished run: nothing was trained or evaluated now
+            with torch.no_grad():
+                metrics = evaluate(trainer.module.eval())
         captions = ([f"a photo of a {n}." for n in class_names()]
                     + dataset.captions)
         export = export_open_clip(trainer.module, self.cfg.model, self.cfg.preprocess, out / "export",
