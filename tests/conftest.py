@@ -35,6 +35,15 @@ def tiny_archs(tmp_path_factory) -> dict[str, str]:
     return {"vit": TINY_VIT, "rn": TINY_RN}
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is as fast and does not collapse on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own text cache so results never leak between tests."""

@@ -19,13 +19,7 @@ from clipheads.tasks.clipasso.svg import parse_svg_paths
 FAST = ["--set", "strokes.canvas=48", "--set", "output.png_scale=1", "--seeds", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast and does not collapse on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -26,13 +26,7 @@ from clipheads.tasks.clipasso.target import canvas_size, prepare_target, square_
 from conftest import TINY_RN, TINY_VIT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast and does not collapse on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the test says so instead of passing silently.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.core.task import Context
@@ -16,13 +15,7 @@ from clipheads.tasks.clipasso import ClipassoConfig, ClipassoTask
 from clipheads.tasks.clipasso.recognition import sketch_recognition
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast and does not collapse on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_world_sketches_are_recognised(tmp_path) -> None:
