@@ -1,4 +1,10 @@
-"""The `clipheads` command: `list`, `demo`, and `<task> infer|train|eval`."""
+"""The `clipheads` command: `list`, `demo`, and `<task> infer|train|eval`.
+
+A thin layer over the Python API (`clipheads.core.api` / the task objects): it parses,
+builds the task, calls it with plain arguments and presents the result (`--json` or the
+task's own lines). Building the parser imports neither torch nor open_clip, so `--help`
+and usage errors answer at once; torch loads when a command really runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +12,36 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .cli_args import ensure_writable_dir
+from .cli_args import ensure_writable_dir, read_labels
 from .config import list_configs, load_config, resolve_config_path, save_config
+from .device import check_device_spec
 from .errors import UserError, close_matches
 from .registry import TASKS
-from .task import Context
 
-ACTION_METHODS = {"infer": "infer", "train": "train", "eval": "evaluate"}
+ACTIONS = ("infer", "train", "eval")
+HELP = {"infer": "run on your own inputs", "train": "train (torchrun-ready)", "eval": "evaluate"}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown in help (only where a default exists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            text += " (required)"
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors become one-line UserErrors (exit 2) with suggestions."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         import re
@@ -31,20 +54,40 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _common_options(p: argparse.ArgumentParser) -> None:
+def _device(text: str) -> str:
+    try:
+        return check_device_spec(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--device ", "")) from exc
+
+
+def _common_options(p: argparse.ArgumentParser, cls: type, action: str) -> None:
     g = p.add_argument_group("common options")
-    g.add_argument("--backbone", help="tiny-world (default), ARCH:TAG (e.g. ViT-B-16:openai), "
-                                      "ARCH:random, or ARCH with --weights")
+    g.add_argument("--backbone", help="tiny-world (the task's default), ARCH:TAG (e.g. "
+                                      "ViT-B-16:openai), ARCH:random, or ARCH with --weights")
     g.add_argument("--weights", help="CLIP weights file for --backbone ARCH "
                                      "(OpenAI/open_clip state dict, .safetensors)")
     g.add_argument("--allow-torchscript", action="store_true",
                    help="allow loading TorchScript archives (they run code when loaded)")
-    g.add_argument("--config", help="a YAML file or the name of a bundled config of this task")
+    g.add_argument("--allow-activation-mismatch", action="store_true",
+                   help="load an OpenAI-layout file into a non-QuickGELU architecture anyway")
+    g.add_argument("--config", help="a YAML file or the name of a bundled config of this task"
+                   + (f" (default: {cls.default_config})" if cls.default_config else ""))
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    g.add_argument("--out", type=Path, help="output directory")
-    g.add_argument("--json", action="store_true", help="print results as JSON")
+    g.add_argument("--device", default="auto", type=_device,
+                   help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N")
+    writes = action == "train" or action in getattr(cls, "writes", ())
+    g.add_argument("--out", type=Path, required=writes,
+                   help="output directory" + ("" if writes else " (optional)"))
+    g.add_argument("--json", action="store_true", help="print results as JSON (one object per line)")
+    if action == "train":
+        t = p.add_argument_group("training")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint")
+        if getattr(cls, "installable", False):
+            t.add_argument("--install", action="store_true",
+                           help="ship the result as this head's bundled tiny-world artifact")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,25 +96,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="One frozen CLIP backbone, many task heads.",
         epilog="Run 'clipheads list' to see backbones, tasks and configs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     p_list = sub.add_parser("list", help="backbones, tasks and configs")
     p_list.add_argument("--json", action="store_true")
     p_list.add_argument("--all-tags", action="store_true",
                         help="list every open_clip architecture with its tags")
     p_demo = sub.add_parser("demo", help="run every head on bundled examples, write an HTML gallery")
-    p_demo.add_argument("--out", type=Path, default=Path("clipheads-demo"))
-    p_demo.add_argument("--device", default="cpu")
+    p_demo.add_argument("--out", type=Path, default=Path("clipheads-demo"), help="gallery folder")
+    p_demo.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda, cuda:N")
     for name in TASKS.names():
         cls = TASKS.get(name)
-        p_task = sub.add_parser(name, help=cls.summary)
-        actions = p_task.add_subparsers(dest="action", metavar="ACTION")
+        p_task = sub.add_parser(name, help=cls.summary, description=cls.summary)
+        actions = p_task.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
         actions.required = True
         for action in cls.actions:
-            p_act = actions.add_parser(action, help=f"{name} {action}")
+            p_act = actions.add_parser(action, help=HELP.get(action, action),
+                                       description=f"{name} {action}: {HELP.get(action, action)}")
+            before = {a.dest for a in p_act._actions}
             cls.add_arguments(action, p_act)
-            _common_options(p_act)
+            own = [a.dest for a in p_act._actions if a.dest not in before]
+            _common_options(p_act, cls, action)
+            p_act.set_defaults(_task_options=own)
     return parser
+
+
+def task_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options a task declared for this action, as plain keyword arguments;
+    `--labels`/`--labels-file` arrive as one checked `labels` list."""
+    opts = {dest: getattr(args, dest) for dest in getattr(args, "_task_options", [])}
+    if "labels" in opts or "labels_file" in opts:
+        given = opts.get("labels") is not None or opts.get("labels_file") is not None
+        opts.pop("labels_file", None)
+        opts["labels"] = read_labels(args) if given else None
+    return opts
 
 
 def _print_list(args: argparse.Namespace) -> int:
@@ -102,26 +160,68 @@ def _print_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_task(args: argparse.Namespace) -> int:
+def _build_task(args: argparse.Namespace):
+    from .task import Context
     cls = TASKS.get(args.command)
     config_name = args.config or cls.default_config
     path = resolve_config_path(cls.name, config_name) if config_name else None
-    base = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights)) if v}
     if args.weights and not args.backbone:
         raise UserError("--weights needs --backbone ARCH naming the file's architecture")
+    base = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights)) if v}
     cfg = load_config(cls.Config, path, args.overrides, base=base)
-    if args.out is not None:
+    ctx = Context(cfg, device=args.device, out=args.out, allow_torchscript=args.allow_torchscript,
+                  allow_activation_mismatch=args.allow_activation_mismatch, progress=not args.json,
+                  chosen=_chosen_keys(args))
+    return cls(cfg, ctx)
+
+
+def _chosen_keys(args: argparse.Namespace) -> set[str]:
+    """Config keys the user set on purpose ('*' = all, for their own --config file)."""
+    keys = {o.split("=", 1)[0].strip() for o in args.overrides}
+    if args.config:
+        keys.add("*")
+    if args.backbone:
+        keys.add("backbone")
+    return keys
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    task = _build_task(args)
+    opts = task_options(args)
+    if args.action == "train":
+        task.apply_options("train", **opts)
+        task.check_training(getattr(args, "install", False))
         ensure_writable_dir(args.out)
-    ctx = Context(cfg, device=args.device, out=args.out, json=args.json,
-                  allow_torchscript=args.allow_torchscript)
-    task = cls(cfg, ctx)
-    result = getattr(task, ACTION_METHODS[args.action])(args)
-    if args.out is not None:
-        save_config(cfg, args.out / f"{cls.name}_{args.action}_config.yaml", cls.name)
-    if args.json and result is not None:
+        report = task.train(args.out, resume=args.resume, install=getattr(args, "install", False))
+        if not report.is_main:
+            return 0
+        result: Any = report.to_dict()
+    else:
+        result = task.infer(**opts) if args.action == "infer" else task.evaluate(**opts)
+        if args.out is not None and args.out.is_dir():
+            save_config(task.cfg, args.out / f"{task.name}_{args.action}_config.yaml", task.name)
+    _present(task, args.action, result, args.json)
+    return 0
+
+
+def _present(task: Any, action: str, result: Any, as_json: bool) -> None:
+    """--json: one JSON object per line; otherwise the task's own lines (or compact JSON)."""
+    if result is None:
+        return
+    if as_json:
         for item in result if isinstance(result, list) else [result]:
             print(json.dumps(item))
-    return 0
+        return
+    lines = task.describe(action, result)
+    for line in lines or [json.dumps(result)]:
+        print(line)
+
+
+def _finish_distributed() -> None:
+    """Leave a torchrun process group cleanly (only if torch was ever loaded)."""
+    if "torch" in sys.modules:
+        from .engine.distributed import cleanup
+        cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipheads: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _finish_distributed()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .text import check_labels
+from .text.labels import check_labels
 
 
 def add_label_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

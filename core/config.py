@@ -14,6 +14,7 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import UserError, close_matches
 
 T = TypeVar("T")
@@ -192,8 +193,6 @@ def load_config(cls: type[T], path: Path | None = None, overrides: Sequence[str]
 
 
 def save_config(cfg: Any, path: Path, task: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The resolved config as YAML (loadable again with --config)."""
     body = {"task": task, **to_dict(cfg)}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=False))

@@ -8,6 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .cli_args import ensure_writable_dir
 from .config import list_configs, load_config, resolve_config_path
 from .errors import UserError
@@ -75,8 +76,6 @@ def run_demo(out: Path, device: str = "cpu") -> Path:
     if not sections:
         raise UserError("no installed head has a demo")
     index = out / "index.html"
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(_page(sections, time.perf_counter() - start), encoding="utf-8")
-    tmp.replace(index)
+    atomic_write_text(index, _page(sections, time.perf_counter() - start))
     print(f"demo: wrote {index} ({time.perf_counter() - start:.1f} s)")
     return index

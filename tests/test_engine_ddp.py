@@ -74,7 +74,7 @@ def mse_loss(model, batch):
 
 
 def run_trainers(out: Path, bs: int, dropout_run: bool, crash_at: int = 0) -> dict:
-    """The trainer scenarios; identical code for 1 and 2 processes."""
+    """The trainer scenarios; identical code (and global batch `bs`) for 1 and 2 processes."""
     res = {}
     towers = Towers()
     c = TrainConfig(steps=3, batch_size=bs, optimizer="sgd", momentum=0.0, schedule="constant",
@@ -85,7 +85,7 @@ def run_trainers(out: Path, bs: int, dropout_run: bool, crash_at: int = 0) -> di
     res["clip"] = {k: v.clone() for k, v in towers.state_dict().items()}
 
     towers = Towers()
-    c = TrainConfig(steps=3, batch_size=bs // 2, grad_accum=2, optimizer="sgd", momentum=0.0,
+    c = TrainConfig(steps=3, batch_size=bs, grad_accum=2, optimizer="sgd", momentum=0.0,
                     schedule="constant", lr=0.5, log_every=1, seed=4)
     CpuTrainer(towers, mse_loss, PairSet(), c, out / "accum", progress=False).fit()
     res["accum"] = {k: v.clone() for k, v in towers.state_dict().items()}
@@ -138,7 +138,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         (y * w).sum().backward()
         res["gathered"], res["gather_grad"] = y.detach(), x.grad.clone()
         res.update(contrastive_grads(rank, world))
-        res.update(run_trainers(Path(out) / "ddp", bs=N // 2 // world, dropout_run=True))
+        res.update(run_trainers(Path(out) / "ddp", bs=N // 2, dropout_run=True))  # global batch
         torch.save(res, Path(out) / f"rank{rank}.pt")
     except BaseException:
         (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())

@@ -43,7 +43,7 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def make_cfg(**kw) -> TrainConfig:
-    base = dict(steps=14, batch_size=4, grad_accum=2, lr=1e-2, weight_decay=0.01, warmup_steps=3,
+    base = dict(steps=14, batch_size=8, grad_accum=2, lr=1e-2, weight_decay=0.01, warmup_steps=3,
                 schedule="cosine", clip_grad=1.0, ckpt_every=7, eval_every=7, log_every=1, seed=7)
     base.update(kw)
     base["warmup_steps"] = min(base["warmup_steps"], base["steps"])

@@ -242,26 +242,17 @@ def test_train_on_the_tiny_world_with_held_out_shapes(tmp_path, capsys, tiny):
 
 
 def test_head_sizes_and_templates_win_over_the_default_config_only(tiny):
-    from argparse import Namespace
-
-    from clipheads.core.config import load_config, resolve_config_path
-    from clipheads.core.task import Context
-    from clipheads.tasks.lseg import LSegTask
+    import clipheads
     from clipheads.tasks.lseg.weights import read_info
 
-    cfg = load_config(LSegTask.Config, resolve_config_path("lseg", "tiny_world"))  # infer.size 128
-    task = LSegTask(cfg, Context(cfg))
-    info = read_info(tiny["head"])                                                  # size 48, 'single'
+    task = clipheads.load("lseg")                        # the default config: infer.size 128
+    info = read_info(tiny["head"])                       # size 48, 'single'
     info.templates = "{}"
 
-    def args(**kw):
-        return Namespace(**{"config": None, "overrides": [], "size": None, "templates": None, **kw})
-
-    assert task.infer_config(args(), info).size == 48
-    assert task._templates(args(), info) == "{}"
-    cfg64 = load_config(LSegTask.Config, resolve_config_path("lseg", "tiny_world"), ["infer.size=64"])
-    assert LSegTask(cfg64, Context(cfg64)).infer_config(args(overrides=["infer.size=64"]), info).size == 64
-    assert task.infer_config(args(config="tiny_world"), info).size == 128
-    assert task.infer_config(args(size=32), info).size == 32
-    assert task._templates(args(templates="imagenet80"), info) == "imagenet80"
-    assert task._templates(args(overrides=["templates=single"]), info) == "single"
+    assert task.infer_config(info).size == 48
+    assert task.templates(None, info) == "{}"
+    assert clipheads.load("lseg", overrides=["infer.size=64"]).infer_config(info).size == 64
+    assert clipheads.load("lseg", config="tiny_world").infer_config(info).size == 128
+    assert task.infer_config(info, size=32).size == 32
+    assert task.templates("imagenet80", info) == "imagenet80"
+    assert clipheads.load("lseg", overrides=["templates=single"]).templates(None, info) == "single"

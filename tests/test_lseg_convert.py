@@ -173,7 +173,7 @@ def test_converted_checkpoint_loads_strictly_and_matches_the_official_forward(tm
     from clipheads.tasks.lseg import LSegTask
     cfg = LSegTask.Config()
     task = LSegTask(cfg, Context(cfg))
-    net, info = task.load_head(type("Args", (), {"head": tmp_path / "head", "backbone": None})())
+    net, info = task.load_head(tmp_path / "head")
     assert task.cfg.backbone == TINY_VIT   # the head's own CLIP was picked up
     labels = ["wall", "sky", "a person"]
     text = task.text(labels, info.templates)

@@ -1,4 +1,4 @@
-"""The shipped tiny-world LSeg head (clipheads/core/assets/lseg_tiny) on the shipped tiny CLIP:
+"""The shipped tiny-world LSeg head (clipheads/tasks/lseg/assets/lseg_tiny) on the shipped tiny CLIP:
 segmentation quality on held-out scenes (training classes and held-out classes) and on
 shapes drawn with plain PIL, i.e. not by the generator's renderer.
 
@@ -43,8 +43,8 @@ def test_shipped_head_matches_the_shipped_backbone():
 
 
 def test_held_out_scenes_training_and_held_out_classes(task):
-    net, info = task.load_head(None)
-    icfg = task.infer_config(None, info)
+    net, info = task.load_head()
+    icfg = task.infer_config(info)
     scenes = tiny_world_eval("test", 80, task.cfg.data.scene_size)
     make = lambda names: task.segmenter(net, names, info.templates, icfg)  # noqa: E731
     report = tiny_world_report(make, scenes, "background", info.heldout)

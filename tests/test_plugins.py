@@ -11,7 +11,7 @@ PLUGIN = textwrap.dedent('''
     import argparse
     from dataclasses import dataclass
     from clipheads.core.task import Task, TaskConfig
-    from clipheads.core.cli_args import add_label_arguments, read_labels
+    from clipheads.core.cli_args import add_label_arguments
 
     @dataclass
     class EchoConfig(TaskConfig):
@@ -26,8 +26,7 @@ PLUGIN = textwrap.dedent('''
         def add_arguments(cls, action, parser):
             add_label_arguments(parser)
 
-        def infer(self, args):
-            labels = read_labels(args)
+        def infer(self, labels):
             return {"labels": [l.upper() if self.cfg.shout else l for l in labels]}
 ''')
 

@@ -15,6 +15,7 @@ from ..errors import UserError
 from .spec import RANDOM_TAG, BackboneSpec, tiny_world_dir
 from .weights import load_into, read_checkpoint
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,12 +60,17 @@ def _folder(folder: Path, name: str, missing_hint: str) -> BuiltModel:
     return BuiltModel(model, open_clip.get_tokenizer(spec), str(weights))
 
 
-def _pretrained(spec: BackboneSpec, cache_dir: str | None) -> BuiltModel:
+def _pretrained(spec: BackboneSpec, cache_dir: str | None, allow_mismatch: bool) -> BuiltModel:
+    """open_clip download; a GELU tag into a QuickGELU arch is refused (QuickGELU tags into a
+    GELU arch are fixed silently, as open_clip's own `force_quick_gelu` does)."""
     arch, tag = spec.arch, spec.tag
     tag_qg = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
     if _arch_quick_gelu(arch) and not tag_qg:
-        raise UserError(f"pretrained tag '{tag}' was trained with GELU but '{arch}' uses "
-                        f"QuickGELU; use --backbone {arch.removesuffix('-quickgelu')}:{tag}")
+        what = f"pretrained tag '{tag}' was trained with GELU but '{arch}' uses QuickGELU"
+        if not allow_mismatch:
+            raise UserError(f"{what}; use --backbone {arch.removesuffix('-quickgelu')}:{tag} "
+                            "(or pass --allow-activation-mismatch if you really mean it)")
+        log.warning("%s; loading it anyway (activation mismatch allowed)", what)
     try:
         model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=tag_qg,
                                        cache_dir=cache_dir)
@@ -81,20 +87,27 @@ def _random(spec: BackboneSpec) -> BuiltModel:
     return BuiltModel(model, open_clip.get_tokenizer(spec.arch), "random init (seed 0)")
 
 
-def _from_file(spec: BackboneSpec, weights: Path, allow_torchscript: bool) -> BuiltModel:
+def _from_file(spec: BackboneSpec, weights: Path, allow_torchscript: bool,
+               allow_mismatch: bool) -> BuiltModel:
+    """ARCH + --weights FILE; the file's activation (recorded, or OpenAI's) must match ARCH."""
     ckpt = read_checkpoint(weights, allow_torchscript=allow_torchscript)
     model = open_clip.create_model(spec.arch)
-    load_into(model, ckpt, spec.arch, quick_gelu=_arch_quick_gelu(spec.arch))
+    load_into(model, ckpt, spec.arch, quick_gelu=_arch_quick_gelu(spec.arch),
+              allow_activation_mismatch=allow_mismatch)
     return BuiltModel(model, open_clip.get_tokenizer(spec.arch), str(weights))
 
 
 def build_model(spec: BackboneSpec, weights: str | Path | None = None, *,
-                allow_torchscript: bool = False, cache_dir: str | None = None) -> BuiltModel:
+                allow_torchscript: bool = False, cache_dir: str | None = None,
+                allow_activation_mismatch: bool = False) -> BuiltModel:
+    """The open_clip model of `spec`; `allow_activation_mismatch` turns QuickGELU/GELU
+    mismatches into a logged warning instead of a UserError."""
     with _quiet_random_init():
-        return _build(spec, weights, allow_torchscript, cache_dir)
+        return _build(spec, weights, allow_torchscript, cache_dir, allow_activation_mismatch)
 
 
-def _build(spec: BackboneSpec, weights, allow_torchscript: bool, cache_dir: str | None) -> BuiltModel:
+def _build(spec: BackboneSpec, weights, allow_torchscript: bool, cache_dir: str | None,
+           allow_mismatch: bool) -> BuiltModel:
     if spec.is_tiny_world:
         return _folder(tiny_world_dir(), "tiny-world",
                        "rebuild them with 'clipheads clip train --config tiny_world --install' "
@@ -104,7 +117,7 @@ def _build(spec: BackboneSpec, weights, allow_torchscript: bool, cache_dir: str 
     if spec.tag == RANDOM_TAG:
         return _random(spec)
     if spec.tag is not None:
-        return _pretrained(spec, cache_dir)
+        return _pretrained(spec, cache_dir, allow_mismatch)
     if weights is None:
         raise UserError(f"backbone '{spec}' needs --weights FILE")
-    return _from_file(spec, Path(weights), allow_torchscript)
+    return _from_file(spec, Path(weights), allow_torchscript, allow_mismatch)

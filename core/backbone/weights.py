@@ -4,10 +4,27 @@ Formats: OpenAI-layout state dicts (`.pt`/`.bin`, text tower at the top level), 
 checkpoints (bare or training dicts with `state_dict` and a `module.` prefix), and
 `.safetensors`. TorchScript archives (OpenAI's original downloads) execute code when
 loaded, so they are refused unless the caller opts in.
+
+Activation: OpenAI trained every released CLIP with QuickGELU, open_clip's own models
+mostly with GELU, and the keys of a bare open_clip `CLIP` state dict are exactly OpenAI's.
+open_clip itself never guesses: it trusts the pretrained tag (`quick_gelu` in
+`pretrained.py`) or the model config (`quick_gelu` key). A file states its activation when
+its metadata (safetensors `quick_gelu`/`model_cfg`, a training dict's `model_cfg`) or an
+`open_clip_config.json` beside it says so, or when it is a TorchScript archive (only OpenAI
+shipped those). Otherwise it is taken for an *OpenAI release* -- and so QuickGELU -- only on
+evidence open_clip-trained files lack (see `_openai_release`): an unwrapped, unprefixed
+OpenAI-layout state dict that still carries the TorchScript constants
+(`input_resolution`, `context_length`, `vocab_size`) or stores its weights in float16
+(OpenAI's release precision; open_clip-trained files are normally float32). A bare
+float16 copy of GELU weights with no metadata is therefore refused: record `quick_gelu`
+in it, or pass allow_activation_mismatch. Anything else records no activation and is
+loaded as the architecture says (a float32 copy of OpenAI weights included: nothing in
+it tells it apart from open_clip's).
 """
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +36,28 @@ from torch import nn
 
 from ..errors import UserError
 
+log = logging.getLogger(__name__)
+
 _NON_PARAM_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_TOWER_PREFIXES = ("text_projection", "positional_embedding", "token_embedding",
                         "transformer", "ln_final")
+_OPENAI_TOP_KEYS = ("positional_embedding", "text_projection", "token_embedding.weight",
+                    "ln_final.weight", "logit_scale", "visual.conv1.weight")
+_OPENAI_VIT_KEYS = ("visual.proj", "visual.transformer.resblocks.0.attn.in_proj_weight")
+_OPENAI_RN_KEYS = ("visual.attnpool.c_proj.weight",)
 
 
 @dataclass
 class CheckpointFile:
-    """A state dict read from disk plus the activation it records (None: not recorded)."""
+    """A state dict read from disk plus the activation it records (None: not recorded).
+
+    `openai_release` says why the file was taken for one of OpenAI's QuickGELU releases
+    (None: it was not); it only matters when `quick_gelu` is None."""
 
     path: Path
     state_dict: dict[str, torch.Tensor]
     quick_gelu: bool | None
+    openai_release: str | None = None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -63,6 +90,7 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = False) -> Checkp
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
     meta: dict | None = None
+    wrapped = False
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -80,7 +108,7 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = False) -> Checkp
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
                 meta = {k: v for k, v in obj.items() if k in ("model_cfg", "quick_gelu")}
-                obj = obj["state_dict"]
+                obj, wrapped = obj["state_dict"], True
             if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
                 raise UserError(f"{path} holds no state dict of tensors; expected an OpenAI, "
                                 "open_clip or safetensors CLIP checkpoint")
@@ -90,11 +118,39 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = False) -> Checkp
     except Exception as exc:  # torch/safetensors raise many types for truncated files
         raise UserError(f"cannot read weights file {path}: truncated or corrupt "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
-    if state and next(iter(state)).startswith("module."):
+    prefixed = bool(state) and next(iter(state)).startswith("module.")
+    if prefixed:
         state = {k[len("module."):]: v for k, v in state.items()}
+    release = None if wrapped or prefixed else _openai_release(state)
     for key in _NON_PARAM_KEYS:
         state.pop(key, None)
-    return CheckpointFile(path, state, _recorded_activation(meta, path))
+    return CheckpointFile(path, state, _recorded_activation(meta, path), release)
+
+
+def _has_openai_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    """OpenAI's key layout: text tower at the top level, no `text.` nesting, no logit_bias."""
+    if not all(k in state for k in _OPENAI_TOP_KEYS):
+        return False
+    if any(k.startswith("text.") for k in state) or "logit_bias" in state:
+        return False
+    return all(k in state for k in _OPENAI_VIT_KEYS) or all(k in state for k in _OPENAI_RN_KEYS)
+
+
+def _openai_release(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why an unwrapped, unprefixed state dict is one of OpenAI's releases, or None.
+
+    Same keys as a bare open_clip state dict, so the layout alone proves nothing; OpenAI's
+    files also keep the TorchScript constants or float16 weights (clip.model.convert_weights),
+    which open_clip-trained files do not. A float32 copy of OpenAI weights without
+    constants is indistinguishable from open_clip's and is not flagged."""
+    if not _has_openai_layout(state):
+        return None
+    constants = [k for k in _NON_PARAM_KEYS if k in state]
+    if constants:
+        return f"it carries OpenAI's TorchScript constants ({', '.join(constants)})"
+    if state["visual.conv1.weight"].dtype == torch.float16:
+        return "it has OpenAI's key layout and float16 weights"
+    return None
 
 
 def _match_text_layout(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,32 +181,69 @@ def _guess_arch(state: Mapping[str, torch.Tensor]) -> list[str]:
     return found[:4]
 
 
-def load_into(model: nn.Module, ckpt: CheckpointFile, arch: str, quick_gelu: bool) -> None:
-    """Load with strict key/shape/activation checks; the error names what does not fit."""
-    if ckpt.quick_gelu is not None and ckpt.quick_gelu != quick_gelu:
-        want = "QuickGELU" if ckpt.quick_gelu else "GELU"
-        have = "QuickGELU" if quick_gelu else "GELU"
-        fix = f"{arch}-quickgelu" if ckpt.quick_gelu else arch.removesuffix("-quickgelu")
-        raise UserError(f"{ckpt.path} was trained with {want} but architecture '{arch}' uses "
-                        f"{have}; use --backbone {fix}")
+def _activation_problem(ckpt: CheckpointFile, arch: str, quick_gelu: bool) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) for a QuickGELU/GELU mismatch, or None."""
+    trained, origin = ckpt.quick_gelu, ""
+    if trained is None and ckpt.openai_release:
+        trained, origin = True, f" (an OpenAI CLIP release: {ckpt.openai_release})"
+    if trained is None or trained == quick_gelu:
+        return None
+    want, have = ("QuickGELU", "GELU") if trained else ("GELU", "QuickGELU")
+    return (f"{ckpt.path}{origin} was trained with {want} but architecture '{arch}' uses {have}",
+            f"{_arch_fix(arch, trained)} (or pass --allow-activation-mismatch / "
+            "allow_activation_mismatch=True if you really mean it)")
+
+
+def _arch_fix(arch: str, quick_gelu: bool) -> str:
+    """'use --backbone X' for open_clip's twin of `arch` with the other activation."""
+    twin = f"{arch}-quickgelu" if quick_gelu else arch.removesuffix("-quickgelu")
+    if twin != arch and twin in open_clip.list_models():
+        return f"use --backbone {twin}"
+    return f"use an architecture whose open_clip config has quick_gelu={str(quick_gelu).lower()}"
+
+
+def check_activation(ckpt: CheckpointFile, arch: str, quick_gelu: bool,
+                     allow_mismatch: bool = False) -> None:
+    """Refuse weights trained with the other activation; `allow_mismatch` only warns."""
+    problem = _activation_problem(ckpt, arch, quick_gelu)
+    if problem is None:
+        return
+    what, fix = problem
+    if not allow_mismatch:
+        raise UserError(f"{what}; {fix}")
+    log.warning("%s; loading it anyway (activation mismatch allowed)", what)
+
+
+def load_into(model: nn.Module, ckpt: CheckpointFile, arch: str, quick_gelu: bool,
+              allow_activation_mismatch: bool = False) -> None:
+    """Load with strict key/shape/activation checks; the error names what does not fit.
+    Keys and shapes are checked first: a file of another architecture is named as such."""
     state = _match_text_layout(model, dict(ckpt.state_dict))
     own = model.state_dict()
     if "logit_scale" in state and state["logit_scale"].shape != own["logit_scale"].shape:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    _check_keys(ckpt, arch, own, state)
+    check_activation(ckpt, arch, quick_gelu, allow_activation_mismatch)
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+
+
+def _check_keys(ckpt: CheckpointFile, arch: str, own: Mapping[str, torch.Tensor],
+                state: Mapping[str, torch.Tensor]) -> None:
+    """Missing, unexpected and mis-shaped keys in one line, with the architectures it fits."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected),
-                             ("shape mismatch", mismatched)):
-            if items:
-                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-        guess = [g for g in _guess_arch(state) if g != arch]
-        hint = f"; it looks like {' or '.join(guess)}" if guess else ""
-        raise UserError(f"{ckpt.path} does not fit architecture '{arch}': "
-                        f"{'; '.join(parts)}{hint}")
-    state = {k: v.to(own[k].dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", mismatched)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    guess = [g for g in _guess_arch(state) if g != arch]
+    hint = f"; it looks like {' or '.join(guess)}" if guess else ""
+    raise UserError(f"{ckpt.path} does not fit architecture '{arch}': "
+                    f"{'; '.join(parts)}{hint}")

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from clipheads.core.atomic import atomic_path
 from clipheads.core.data.errors import CorruptSample, MissingSample
 from clipheads.core.errors import UserError
 
@@ -168,11 +169,10 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | Sequence[np.n
                         f"{arr.shape}; convert to RGB uint8 first")
     arr = _even(arr)
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp.mp4")
     errors = []
     for codec in codecs:
         try:
-            with av.open(str(tmp), "w", format="mp4") as container:
+            with atomic_path(out) as tmp, av.open(str(tmp), "w", format="mp4") as container:
                 options = {"crf": "18", "threads": "1"} if codec == "libx264" else {"threads": "1"}
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
                                               options=options)
@@ -187,9 +187,7 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | Sequence[np.n
                     container.mux(packet)
         except (av.FFmpegError, ValueError) as exc:  # codec missing from this FFmpeg build
             errors.append(f"{codec}: {exc}")
-            tmp.unlink(missing_ok=True)
             continue
-        os.replace(tmp, out)
         return codec
     raise UserError(f"cannot encode {out}: no usable video codec ({'; '.join(errors)}); "
                     f"install an FFmpeg build of PyAV with libx264 or mpeg4")

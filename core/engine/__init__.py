@@ -12,41 +12,24 @@
 """
 from __future__ import annotations
 
-from .checkpoint import CheckpointDir, atomic_save, load_checkpoint
-from .config import TrainConfig
-from .data import EpochLoader, ResumableSampler, move_to_device
-from .distributed import (
-    DistInfo,
-    all_gather_with_grad,
-    barrier,
-    cleanup,
-    init_distributed,
-    is_main_process,
-)
-from .guards import NonFiniteError
-from .losses import contrastive_loss
-from .optim import split_decay
-from .rng import seed_everything
-from .trainer import FitResult, Trainer
+from clipheads.core.lazy import lazy_exports
 
-__all__ = [
-    "CheckpointDir",
-    "DistInfo",
-    "EpochLoader",
-    "FitResult",
-    "NonFiniteError",
-    "ResumableSampler",
-    "TrainConfig",
-    "Trainer",
-    "all_gather_with_grad",
-    "atomic_save",
-    "barrier",
-    "cleanup",
-    "contrastive_loss",
-    "init_distributed",
-    "is_main_process",
-    "load_checkpoint",
-    "move_to_device",
-    "seed_everything",
-    "split_decay",
-]
+# name -> submodule; resolved on first use, so `from clipheads.core.engine import TrainConfig`
+# (every task config does it) does not import torch.
+_EXPORTS = {
+    "CheckpointDir": "checkpoint", "atomic_save": "checkpoint", "load_checkpoint": "checkpoint",
+    "TrainConfig": "config",
+    "EpochLoader": "data", "ResumableSampler": "data", "move_to_device": "data",
+    "DistInfo": "distributed", "all_gather_with_grad": "distributed", "barrier": "distributed",
+    "cleanup": "distributed", "init_distributed": "distributed", "is_main_process": "distributed",
+    "NonFiniteError": "guards",
+    "contrastive_loss": "losses",
+    "split_decay": "optim",
+    "seed_everything": "rng",
+    "FitResult": "trainer", "Trainer": "trainer",
+    "convert_sync_batchnorm": "sync_bn",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,88 +1,26 @@
 """Crash-safe checkpoint files: atomic writes, keep-last-K, `best.pt`, a `last` pointer.
 
-Every write goes to a temporary file in the same directory, is fsync'ed, then
-`os.replace`d over the target, so a crash or a full disk mid-write leaves the previous
-checkpoint intact and loadable. Loading uses `weights_only=True`: a checkpoint is
-data, never code.
+Every write goes through `clipheads.core.atomic` (unique temporary file, fsync, replace),
+so a crash or a full disk mid-write leaves the previous checkpoint intact and loadable.
+Loading uses `weights_only=True`: a checkpoint is data, never code.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
+from clipheads.core.atomic import atomic_link, atomic_save, atomic_write_text, is_temp_name
 from clipheads.core.errors import UserError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointDir", "atomic_save", "atomic_write_text",
+           "load_checkpoint"]
 
 FORMAT = "clipheads-train-ckpt"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write `path` via a same-directory temp file + fsync + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save(obj, path)` that never leaves a half-written `path` behind."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (pointers, run config)."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_link(src: Path, dst: Path) -> None:
-    """Make `dst` an atomic hard link to `src` (copy when links are not supported).
-
-    A hard link costs no space or time and `dst` stays valid when `src` is pruned.
-    """
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}{_TMP_SUFFIX}")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -156,7 +94,7 @@ class CheckpointDir:
         """Remove temp files left by a process killed mid-write."""
         if self.dir.is_dir():
             for p in self.dir.iterdir():
-                if p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX):
+                if is_temp_name(p.name):
                     p.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], step: int) -> Path:

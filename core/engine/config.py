@@ -25,9 +25,10 @@ BOOKKEEPING_FIELDS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe. `batch_size` is per process and per micro-batch: the
-    effective batch is `batch_size * grad_accum * world_size`; `steps` counts optimizer
-    steps."""
+    """Optimisation recipe. `batch_size` is the global batch of one optimizer step: each
+    of N processes loads `batch_size / (N * grad_accum)` samples per micro-batch (an error
+    when not divisible), so a paper config means the same on 1 or 8 GPUs; `steps` counts
+    optimizer steps."""
 
     steps: int = 1000
     batch_size: int = 32

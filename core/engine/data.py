@@ -71,8 +71,8 @@ class EpochLoader:
         per_rank = n // world_size
         if per_rank < batch_size:
             raise UserError(
-                f"the training dataset has {n} samples, fewer than one batch "
-                f"(batch_size {batch_size} x {world_size} processes); lower train.batch_size or add data"
+                f"the training dataset has {n} samples, fewer than one batch of {batch_size} for each "
+                f"of {world_size} process(es); lower train.batch_size or add data"
             )
         self.seed = seed
         self.batch_size = batch_size
@@ -95,6 +95,13 @@ class EpochLoader:
     def position(self) -> tuple[int, int]:
         """(epoch, batches consumed in it): where the next batch comes from."""
         return self.epoch, self.batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from (the same on every rank)."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seek(int(state["epoch"]), int(state["batch"]))
 
     def seek(self, epoch: int, batch: int) -> None:
         """Continue from `batch` of `epoch` (normalised if it is past the epoch's end)."""
@@ -122,6 +129,26 @@ class EpochLoader:
     def epoch_float(self) -> float:
         """Progress in epochs, for logs."""
         return self.epoch + self.batch / self.batches_per_epoch
+
+
+def per_rank_batch(cfg: Any, world_size: int) -> int:
+    """The micro-batch one process loads: `batch_size` is the global batch of one optimizer
+    step, so a config means the same on 1 or N processes and with any accumulation."""
+    parts = world_size * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise UserError(
+            f"train.batch_size={cfg.batch_size} (the global batch) is not divisible by "
+            f"{world_size} process(es) x grad_accum {cfg.grad_accum}; pick a multiple of {parts}")
+    return cfg.batch_size // parts
+
+
+def make_loader(dataset: Any, batch_size: int, **kwargs: Any) -> Any:
+    """An `EpochLoader` for map-style datasets, a `StreamLoader` for iterable streams."""
+    if hasattr(dataset, "set_stream_plan"):
+        from .stream import StreamLoader
+        kwargs.pop("shuffle", None)
+        return StreamLoader(dataset, batch_size, **kwargs)
+    return EpochLoader(dataset, batch_size, **kwargs)
 
 
 def _mix(seed: int, epoch: int) -> int:

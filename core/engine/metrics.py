@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write_text
+from clipheads.core.atomic import atomic_write_text
 
 
 class StepWindow:

@@ -24,9 +24,11 @@ from tqdm import tqdm
 from clipheads.core.errors import UserError, close_matches
 
 from . import distributed as D
-from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointDir, atomic_write_text, load_checkpoint
+from clipheads.core.atomic import atomic_write_text
+
+from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointDir, load_checkpoint
 from .config import TrainConfig
-from .data import EpochLoader, move_to_device
+from .data import make_loader, move_to_device, per_rank_batch
 from .fingerprint import check_fingerprint, flatten_config, make_fingerprint
 from .guards import NonFiniteError, first_non_finite
 from .metrics import MetricsLogger, StepWindow, mean_rows
@@ -115,8 +117,9 @@ class Trainer:
         self._factor = lr_factor(cfg)
         self.scaler = _grad_scaler() if cfg.amp == "fp16" else None
         self._pin = self.device.type == "cuda"
-        self.data = EpochLoader(
-            dataset, cfg.batch_size, seed=cfg.seed, shuffle=cfg.shuffle, num_workers=cfg.num_workers,
+        self.micro_batch = per_rank_batch(cfg, self.dist.world_size)
+        self.data = make_loader(
+            dataset, self.micro_batch, seed=cfg.seed, shuffle=cfg.shuffle, num_workers=cfg.num_workers,
             world_size=self.dist.world_size, rank=self.dist.rank, collate_fn=collate_fn,
             pin_memory=self._pin,
         )
@@ -175,6 +178,8 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+            if hasattr(self.data, "close"):  # stop stream workers now, not at garbage collection
+                self.data.close()
         D.barrier()
         return FitResult(
             step=self.step,
@@ -229,7 +234,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self._reset_lrs()
         self.step = int(state["step"])
-        self.data.seek(int(state["epoch"]), int(state["batch"]))
+        data = state.get("data") or {"epoch": state["epoch"], "batch": state["batch"]}
+        if "ranks" in data:  # per-rank stream positions
+            if len(data["ranks"]) != self.dist.world_size:
+                raise UserError(f"checkpoint {path} was written by {len(data['ranks'])} processes and holds "
+                                f"one data position per process; resume it with {len(data['ranks'])} processes")
+            data = data["ranks"][self.dist.rank]
+        self.data.load_state_dict(data)
         best = state.get("best") or {}
         self.best_value, self.best_step = best.get("value"), best.get("step")
         self.last_checkpoint = Path(path)
@@ -321,7 +332,7 @@ class Trainer:
             step, what, value = bad
             raise NonFiniteError(step, what, value, where=f" (run {self.out_dir})")
         now = time.perf_counter()
-        samples = len(rows) * self.cfg.batch_size * self.cfg.grad_accum * self.dist.world_size
+        samples = len(rows) * self.cfg.batch_size
         means = mean_rows(rows)
         means["samples_per_s"] = samples / max(now - self._tick, 1e-9)
         self._tick = now
@@ -374,6 +385,7 @@ class Trainer:
     def _state(self) -> Optional[dict[str, Any]]:
         """The full resume state (collective under DDP: gathers every rank's RNG)."""
         rngs = D.all_gather_object(capture_rng(self.device))
+        data = D.all_gather_object(self.data.state_dict())
         if not self.is_main:
             return None
         epoch, batch = self.data.position
@@ -383,6 +395,7 @@ class Trainer:
             "step": self.step,
             "epoch": epoch,
             "batch": batch,
+            "data": data[0] if len(data) == 1 else {"ranks": data},
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -1,5 +1,14 @@
-"""Prompt templates and the cached text bank."""
-from .bank import TextBank, check_labels, default_cache_dir
-from .templates import TEMPLATE_SETS, get_templates, render
+"""Prompt templates and the cached text bank (the bank, which needs torch, loads on first use)."""
+from __future__ import annotations
 
-__all__ = ["TextBank", "check_labels", "default_cache_dir", "TEMPLATE_SETS", "get_templates", "render"]
+from clipheads.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "TextBank": "bank", "default_cache_dir": "bank",
+    "check_labels": "labels",
+    "TEMPLATE_SETS": "templates", "get_templates": "templates", "render": "templates",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

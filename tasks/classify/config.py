@@ -21,6 +21,8 @@ class ProbeConfig:
 
 @dataclass
 class ClassifyConfig(TaskConfig):
+    data: str | None = None        # train/eval: ImageFolder root (train/, test/ or val/) or a CIFAR root
+    dataset: str = "folder"        # folder | cifar10 | cifar100
     templates: str = "imagenet80"
     top_k: int = 5
     batch_size: int = 64

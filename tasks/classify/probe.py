@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipheads.core.atomic import atomic_path, atomic_write_text
 from clipheads.core.errors import UserError
 
 from .config import ProbeConfig
@@ -26,10 +27,9 @@ class LinearProbe:
         return features.float() @ self.weight.T.to(features.device) + self.bias.to(features.device)
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
-                  str(folder / "probe.safetensors"))
-        (folder / "probe.json").write_text(json.dumps({"classes": self.classes, "C": self.c}))
+        with atomic_path(folder / "probe.safetensors") as tmp:
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp))
+        atomic_write_text(folder / "probe.json", json.dumps({"classes": self.classes, "C": self.c}))
 
     @classmethod
     def load(cls, folder: Path) -> "LinearProbe":

@@ -1,29 +1,43 @@
 """`classify`: zero-shot classification with template ensembles, and the CLIP paper's
-linear probe. The smallest head, and the worked example in docs/plugins.md."""
+linear probe. The smallest head, and the worked example in docs/plugins.md.
+
+Module level imports no torch (the CLI reads this class to build `--help`)."""
 from __future__ import annotations
 
 import argparse
-import shutil
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
-from clipheads.core.cli_args import add_label_arguments, read_labels
-from clipheads.core.data.images import load_image
+from clipheads.core.cli_args import add_label_arguments
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task
 
 from .config import ClassifyConfig
-from .data import extract_features, load_split
-from .probe import LinearProbe, train_probe
-from .zero_shot import top_k, zero_shot_logits
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+    from clipheads.core.runtime import TrainReport
+
+DATASETS = ("folder", "cifar10", "cifar100")
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's labels, most probable first."""
+
+    top: list[dict[str, Any]]            # [{"label": str, "prob": float}, ...]
+    probabilities: "torch.Tensor"        # [K] over all labels, in the given order
 
 
 @register_task("classify")
 class ClassifyTask(Task):
     summary = "zero-shot classification (template ensembles) and linear probe"
     Config = ClassifyConfig
+    writes = ()
     cfg: ClassifyConfig
 
     @classmethod
@@ -37,91 +51,148 @@ class ClassifyTask(Task):
             parser.add_argument("--data", type=Path, required=True,
                                 help="ImageFolder root with train/ and test/ (or val/), "
                                      "or the CIFAR root with --dataset")
-            parser.add_argument("--dataset", default="folder", choices=["folder", "cifar10", "cifar100"])
+            parser.add_argument("--dataset", choices=list(DATASETS), help="data layout (default: folder)")
             if action == "eval":
                 parser.add_argument("--probe", type=Path, help="evaluate a trained probe folder")
         parser.add_argument("--templates", help="template set: single, imagenet80, cifar18, vild63")
-        parser.add_argument("--top", type=int, help="how many labels to report per image")
+        if action != "train":
+            parser.add_argument("--top", type=int, help="how many labels to report per image")
 
-    def _templates(self, args) -> str:
-        return getattr(args, "templates", None) or self.cfg.templates
+    def _templates(self, templates: str | None = None) -> str:
+        return templates or self.cfg.templates
 
-    def _label_embeddings(self, labels: list[str], templates: str) -> torch.Tensor:
-        return self.ctx.text_bank.embed(labels, templates)
+    def _label_embeddings(self, labels: Sequence[str], templates: str) -> "torch.Tensor":
+        return self.ctx.text_bank.embed(list(labels), templates)
 
-    def probabilities(self, images, labels: list[str], templates: str) -> torch.Tensor:
+    def probabilities(self, images: Sequence["Image.Image"], labels: Sequence[str], templates: str) -> "torch.Tensor":
         """Softmax over labels of CLIP's scaled cosine logits, one row per image."""
+        import torch
+
+        from .zero_shot import zero_shot_logits
         bb = self.ctx.backbone
         with torch.no_grad():
-            feats = bb.encode_image(bb.images_to_pixels(images))
+            feats = bb.encode_image(bb.images_to_pixels(list(images)))
             logits = zero_shot_logits(feats, self._label_embeddings(labels, templates),
                                       bb.model.logit_scale)
         return logits.softmax(dim=-1).cpu()
 
-    def infer(self, args: argparse.Namespace) -> list[dict]:
-        probe = LinearProbe.load(args.probe) if args.probe else None
-        if probe is None and args.labels is None and args.labels_file is None:
-            raise UserError("pass --labels 'a,b,c' (zero-shot) or --probe DIR (linear probe)")
-        images = [load_image(p) for p in args.image]  # every file checked before any work
-        k = args.top or self.cfg.top_k
+    # Python API ------------------------------------------------------------------------------
+    def predict(self, images: Sequence["str | Path | Image.Image"], labels: Sequence[str] | None = None, *,
+                probe: str | Path | None = None, templates: str | None = None,
+                top: int | None = None) -> list[Prediction]:
+        """Zero-shot over `labels` (or a trained linear probe's classes) for each image."""
+        import torch
+
+        from clipheads.core.data.images import load_image
+        from clipheads.core.text.labels import check_labels
+
+        from .probe import LinearProbe
+        from .zero_shot import top_k
+        k = self._check_top(top)
+        pictures = [im if hasattr(im, "convert") else load_image(Path(im)) for im in images]
         if probe is not None:
+            head = LinearProbe.load(Path(probe))
             bb = self.ctx.backbone
             with torch.no_grad():
-                probs = probe.logits(bb.encode_image(bb.images_to_pixels(images))).softmax(-1).cpu()
-            labels = probe.classes
+                probs = head.logits(bb.encode_image(bb.images_to_pixels(pictures))).softmax(-1).cpu()
+            names = head.classes
+        elif labels is None:
+            raise UserError("pass --labels 'a,b,c' (zero-shot) or --probe DIR (linear probe)")
         else:
-            labels = read_labels(args)
-            probs = self.probabilities(images, labels, self._templates(args))
-        results = [{"image": str(p), "top": top} for p, top in zip(args.image, top_k(probs, labels, k))]
-        if not self.ctx.json:
-            for r in results:
-                best = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
-                print(f"{r['image']}: {best}")
-        return results
+            names = check_labels(labels, where="labels")
+            probs = self.probabilities(pictures, names, self._templates(templates))
+        return [Prediction(t, p) for t, p in zip(top_k(probs, names, k), probs)]
 
-    def train(self, args: argparse.Namespace) -> dict:
-        out = self.ctx.out_dir()
+    def _check_top(self, top: int | None) -> int:
+        k = top if top is not None else self.cfg.top_k
+        if k < 1:
+            raise UserError(f"--top must be >= 1, got {k}")
+        return k
+
+    # CLI actions -------------------------------------------------------------------------------
+    def infer(self, image: list[Path], labels: list[str] | None = None, probe: Path | None = None,
+              templates: str | None = None, top: int | None = None) -> list[dict]:
+        preds = self.predict(image, labels, probe=probe, templates=templates, top=top)
+        return [{"image": str(p), "top": pred.top} for p, pred in zip(image, preds)]
+
+    def apply_options(self, action: str, data: Path | None = None, dataset: str | None = None,
+                      templates: str | None = None, **rest: Any) -> None:
+        if data is not None:
+            self.cfg.data = str(data)
+        if dataset is not None:
+            self.cfg.dataset = dataset
+        if templates is not None:
+            self.cfg.templates = templates
+        super().apply_options(action, **rest)
+
+    def _split(self, split: str, classes: list[str] | None = None):
+        from .data import load_split
+        if not self.cfg.data:
+            raise UserError("no data: pass --data ROOT (ImageFolder train/ and test/, or a CIFAR root)")
+        if self.cfg.dataset not in DATASETS:
+            raise UserError(f"dataset={self.cfg.dataset!r}: use one of {', '.join(DATASETS)}")
+        return load_split(Path(self.cfg.data), split, self.cfg.dataset, classes)
+
+    def train(self, out: str | Path, *, resume: bool = False, install: bool = False,
+              progress: bool | None = None) -> "TrainReport":
+        """The linear probe: L-BFGS logistic regression on frozen features (no SGD steps, so
+        nothing to resume: `resume` refits)."""
+        from clipheads.core.runtime import TrainReport
+
+        from .data import extract_features
+        from .probe import train_probe
+        self.check_training(install)
+        out = Path(out)
         bb = self.ctx.backbone
-        train = load_split(args.data, "train", args.dataset)
+        train = self._split("train")
         x, y, skipped = extract_features(bb, train, self.cfg.batch_size)
         probe, info = train_probe(x, y, train.classes, self.cfg.probe)
         probe.save(out)
-        result = {"probe": str(out), "train_images": len(y), "skipped": len(skipped), **info}
-        if not self.ctx.json:
-            print(f"linear probe: C={info['C']:.3g}, held-out top-1 {info['val_top1']:.3f} "
-                  f"on {len(y)} images ({len(skipped)} skipped); saved to {out}")
-        return result
+        from clipheads.core.config import save_config
+        save_config(self.cfg, out / "classify_train_config.yaml", self.name)
+        return TrainReport(self.name, out, 0, metrics={"train_images": len(y), **info},
+                           exported=out, skipped=len(skipped))
 
-    def evaluate(self, args: argparse.Namespace) -> dict:
+    def evaluate(self, data: Path | None = None, dataset: str | None = None, probe: Path | None = None,
+                 templates: str | None = None, top: int | None = None) -> dict:
+        from .data import extract_features
+        from .probe import LinearProbe
+        from .zero_shot import zero_shot_logits
+        self.apply_options("eval", data=data, dataset=dataset, templates=templates)
         bb = self.ctx.backbone
-        probe = LinearProbe.load(args.probe) if args.probe else None
-        test = load_split(args.data, "test", args.dataset, probe.classes if probe else None)
+        head = LinearProbe.load(probe) if probe else None
+        test = self._split("test", head.classes if head else None)
         x, y, skipped = extract_features(bb, test, self.cfg.batch_size)
-        if probe is not None:
-            logits = probe.logits(x)
-            mode = "linear probe"
+        if head is not None:
+            logits, mode = head.logits(x), "linear probe"
         else:
-            emb = self._label_embeddings(test.classes, self._templates(args)).cpu()
+            emb = self._label_embeddings(test.classes, self.cfg.templates).cpu()
             logits = zero_shot_logits(x, emb, bb.model.logit_scale.cpu())
-            mode = f"zero-shot ({self._templates(args)})"
+            mode = f"zero-shot ({self.cfg.templates})"
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=-1).indices
-        result = {"mode": mode, "images": len(y), "skipped": len(skipped),
-                  "top1": float((topk[:, 0] == y).float().mean()),
-                  "top5": float((topk == y[:, None]).any(-1).float().mean())}
-        if not self.ctx.json:
-            print(f"{mode}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
-                  f"on {len(y)} images ({len(skipped)} skipped)")
-        return result
+        return {"mode": mode, "images": len(y), "skipped": len(skipped),
+                "top1": float((topk[:, 0] == y).float().mean()),
+                "top5": float((topk == y[:, None]).any(-1).float().mean())}
+
+    def describe(self, action: str, result: Any) -> list[str]:
+        if action == "infer":
+            return [f"{r['image']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
+                    for r in result]
+        if action == "train":
+            return [f"linear probe: C={result['C']:.3g}, held-out top-1 {result['val_top1']:.3f} "
+                    f"on {result['train_images']} images ({result['skipped']} skipped); saved to {result['out']}"]
+        return [f"{result['mode']}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
+                f"on {result['images']} images ({result['skipped']} skipped)"]
 
     def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
         """Zero-shot over every tiny-world colour x shape name."""
+        import shutil
+
         from clipheads.core.tinyworld import COLOURS, SHAPES
         labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-        probs = self.probabilities([load_image(p) for p in examples], labels, self.cfg.templates)
         items = []
-        for path, top in zip(examples, top_k(probs, labels, 3)):
+        for path, pred in zip(examples, self.predict(examples, labels, top=3)):
             shutil.copy2(path, out / path.name)
-            items.append(DemoItem(path.stem, [path.name],
-                                  [f"{t['label']}: {t['prob']:.2f}" for t in top]))
+            items.append(DemoItem(path.stem, [path.name], [f"{t['label']}: {t['prob']:.2f}" for t in pred.top]))
         return items

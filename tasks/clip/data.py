@@ -85,3 +85,21 @@ def zero_shot_accuracy(encode_image, encode_text, transform, items, device) -> f
         pred = (img @ text.T).argmax(-1).cpu()
         correct += int((pred == torch.tensor([y for _, y in chunk])).sum())
     return correct / len(items)
+
+
+class Tokenize:
+    """caption -> token ids (a class, not a closure, so DataLoader workers can pickle it)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, caption: str) -> torch.Tensor:
+        return self.tokenizer([caption])[0]
+
+
+def shard_pairs(data, transform, tokenizer, seed: int):
+    """(pixels, tokens) streamed from webdataset shards (img2dataset layout), split across
+    ranks and workers and exactly resumable (`clipheads.core.data.webdataset_pairs`)."""
+    from clipheads.core.data.webdataset_pairs import ImageTextStream
+    return ImageTextStream(data.shards, transform=transform, text_transform=Tokenize(tokenizer),
+                           shuffle=data.shuffle_buffer, seed=seed, num_samples=data.shard_samples)

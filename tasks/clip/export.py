@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from clipheads.core.atomic import atomic_path, atomic_write_text
+
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
 SUMS = "SHA256SUMS"
@@ -35,7 +37,7 @@ def used_token_ids(tokenizer, captions: Iterable[str]) -> torch.Tensor:
 
 def export_open_clip(model: nn.Module, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
                      out: Path, keep_tokens: torch.Tensor | None = None) -> Path:
-    """Write the folder atomically (files land under temporary names, then renamed)."""
+    """Write the folder; each file is written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
@@ -48,10 +50,8 @@ def export_open_clip(model: nn.Module, model_cfg: dict[str, Any], preprocess_cfg
     pp = {"size": [size, size] if isinstance(size, int) else list(size), **preprocess_cfg}
     meta = {"quick_gelu": str(bool(model_cfg.get("quick_gelu", False))).lower(),
             "model_cfg": json.dumps(model_cfg)}
-    tmp_w, tmp_c = out / (WEIGHTS + ".tmp"), out / (CONFIG + ".tmp")
-    save_file(state, str(tmp_w), metadata=meta)
-    tmp_c.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2) + "\n")
-    tmp_w.replace(out / WEIGHTS)
-    tmp_c.replace(out / CONFIG)
-    (out / SUMS).write_text(f"{sha256(out / WEIGHTS)}  {WEIGHTS}\n{sha256(out / CONFIG)}  {CONFIG}\n")
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    atomic_write_text(out / CONFIG, json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pp}, indent=2) + "\n")
+    atomic_write_text(out / SUMS, f"{sha256(out / WEIGHTS)}  {WEIGHTS}\n{sha256(out / CONFIG)}  {CONFIG}\n")
     return out

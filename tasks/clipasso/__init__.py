@@ -2,11 +2,13 @@
 
 Library use: `Sketcher(cfg, backbone).sketch(prepare_target(image, canvas))`; the CLI is
 `clipheads clipasso infer|eval`. The rasteriser, SVG, XDoG and stroke-init modules are
-usable on their own.
+usable on their own. The torch-heavy names load on first use.
 """
+from clipheads.core.lazy import lazy_exports
+
 from .config import ClipassoConfig
-from .sketcher import Sketch, Sketcher
-from .target import Target, prepare_target
 from .task import ClipassoTask
 
-__all__ = ["ClipassoConfig", "ClipassoTask", "Sketch", "Sketcher", "Target", "prepare_target"]
+_EXPORTS = {"Sketch": "sketcher", "Sketcher": "sketcher", "Target": "target", "prepare_target": "target"}
+__all__ = ["ClipassoConfig", "ClipassoTask", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

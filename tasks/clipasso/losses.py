@@ -97,7 +97,7 @@ class SketchLoss:
         wanted = [i % n for i in self.layers]
         request = sorted(set(wanted) | {n - 1})
         inter = bb.forward_intermediates(normalise(images, bb.mean, bb.std), request,
-                                         fmt="NLC" if bb.is_vit else "NCHW")
+                                         fmt="NLC" if bb.is_vit else "NCHW", pooled=True)
         by_layer = dict(zip(inter.layers, inter.tokens))
         if bb.is_vit:
             by_layer = {i: torch.cat([c[:, None], t], dim=1)

@@ -6,12 +6,13 @@ leaves a half-written SVG behind.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from clipheads.core.atomic import atomic_write_bytes
 
 from .raster import Rasteriser
 from .strokes import Strokes
@@ -19,15 +20,8 @@ from .svg import strokes_to_svg
 
 
 def atomic_write(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write `data` to `path` through the core's atomic writer."""
+    return atomic_write_bytes(path, data)
 
 
 def svg_text(strokes: Strokes, size: tuple[int, int]) -> str:

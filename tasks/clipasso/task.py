@@ -11,24 +11,23 @@ import argparse
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from clipheads.core.cli_args import ensure_writable_dir
-from clipheads.core.data.images import load_image_rgba
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task
 
 from .config import ClipassoConfig
-from .outputs import atomic_write, png_bytes, saliency_image, write_gif, write_png, write_svg
-from .sketcher import Sketch, Sketcher, check_config
-from .target import Target, load_mask, prepare_target, remove_background, shrink
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from PIL import Image
+
     from clipheads.core.backbone import FrozenCLIP
+
+    from .sketcher import Sketch, Sketcher
+    from .target import Target
 
 DEMO_IMAGES = ("single_green_triangle.png", "single_blue_star.png")
 
@@ -49,6 +48,7 @@ class ClipassoTask(Task):
     Config = ClipassoConfig
     default_config = "tiny_world"
     actions = ("infer", "eval")
+    writes = ("infer",)
     cfg: ClipassoConfig
 
     @classmethod
@@ -68,16 +68,19 @@ class ClipassoTask(Task):
         parser.add_argument("--seed", type=int, help="first seed")
 
     # setup ------------------------------------------------------------------------------
-    def _apply_args(self, args: argparse.Namespace) -> None:
+    def apply_options(self, action: str, strokes: int | None = None, iters: int | None = None,
+                      seeds: int | None = None, seed: int | None = None, gif: bool = False,
+                      **rest: Any) -> None:
         """CLI shortcuts override the config (and so land in the saved resolved config)."""
-        for flag, section, key in (("strokes", "strokes", "count"), ("iters", "optim", "iterations"),
-                                   ("seeds", "optim", "seeds"), ("seed", "optim", "seed")):
-            value = getattr(args, flag, None)
+        from .sketcher import check_config
+        for value, section, key in ((strokes, "strokes", "count"), (iters, "optim", "iterations"),
+                                    (seeds, "optim", "seeds"), (seed, "optim", "seed")):
             if value is not None:
                 setattr(getattr(self.cfg, section), key, value)
-        if getattr(args, "gif", False):
+        if gif:
             self.cfg.output.gif = True
         check_config(self.cfg)
+        super().apply_options(action, **rest)
 
     def _saliency_backbone(self) -> "FrozenCLIP | None":
         """A second backbone only when the config names a different one for saliency."""
@@ -91,41 +94,50 @@ class ClipassoTask(Task):
         return FrozenCLIP.from_spec(spec, i.saliency_weights, device=self.ctx.device,
                                     allow_torchscript=self.ctx.allow_torchscript)
 
-    def sketcher(self) -> Sketcher:
+    def sketcher(self) -> "Sketcher":
+        from .sketcher import Sketcher
         return Sketcher(self.cfg, self.ctx.backbone, self._saliency_backbone())
 
-    def read_input(self, image: Path, mask: Path | None = None) -> tuple[Image.Image, np.ndarray | None]:
+    def read_input(self, image: Path, mask: Path | None = None) -> tuple["Image.Image", "np.ndarray | None"]:
         """Decode (and check) an image and its optional mask file; huge images are reduced."""
+        from clipheads.core.data.images import load_image_rgba
+
+        from .target import load_mask, remove_background, shrink
         img = shrink(load_image_rgba(image))
         if self.cfg.output.rembg:
             img = remove_background(img)
         return img, (load_mask(mask, img.size) if mask is not None else None)
 
-    def load_target(self, image: Path, mask: Path | None = None, canvas: int | None = None) -> Target:
+    def load_target(self, image: Path, mask: Path | None = None, canvas: int | None = None) -> "Target":
         """Image (+ optional mask file) -> white-background target on the canvas (default:
         strokes.canvas, else the loss backbone's input size)."""
+        from .target import prepare_target
         img, m = self.read_input(image, mask)
         return prepare_target(img, canvas or self.cfg.strokes.canvas or max(self.ctx.backbone.image_size), m)
 
     # actions ----------------------------------------------------------------------------
-    def infer(self, args: argparse.Namespace) -> list[dict]:
-        self._apply_args(args)
-        masks = args.mask or []
-        if masks and len(masks) != len(args.image):
-            raise UserError(f"got {len(masks)} --mask file(s) for {len(args.image)} image(s); "
+    def infer(self, image: list[Path], mask: list[Path] | None = None, gif: bool = False,
+              strokes: int | None = None, iters: int | None = None, seeds: int | None = None,
+              seed: int | None = None) -> list[dict]:
+        """`<stem>.svg` (best seed) and `<stem>.png` per image into --out."""
+        from .target import prepare_target
+        self.apply_options("infer", strokes=strokes, iters=iters, seeds=seeds, seed=seed, gif=gif)
+        masks = mask or []
+        if masks and len(masks) != len(image):
+            raise UserError(f"got {len(masks)} --mask file(s) for {len(image)} image(s); "
                             "pass one mask per image")
-        out = self.ctx.out_dir()
-        check_no_overwrite(out, list(args.image), list(masks))
-        stems = [p.stem for p in args.image]
+        stems = [p.stem for p in image]
         if len(set(stems)) != len(stems):
             raise UserError("two input images share a file name stem; their outputs would collide in --out")
-        inputs = [self.read_input(p, masks[i] if masks else None) for i, p in enumerate(args.image)]
+        inputs = [self.read_input(p, masks[i] if masks else None) for i, p in enumerate(image)]
+        out = self.ctx.out_dir()
+        check_no_overwrite(out, list(image), list(masks))
         sketcher = self.sketcher()
         results = []
-        for path, (image, mask) in zip(args.image, inputs):
+        for path, (picture, m) in zip(image, inputs):
             start = time.perf_counter()
-            target = prepare_target(image, sketcher.canvas, mask)
-            sk = sketcher.sketch(target, progress=not self.ctx.json)
+            target = prepare_target(picture, sketcher.canvas, m)
+            sk = sketcher.sketch(target, progress=self.ctx.progress)
             files = self.write(sk, sketcher, out, path.stem)
             r = sk.result
             results.append({
@@ -135,13 +147,11 @@ class ClipassoTask(Task):
                 "losses": [round(float(v), 6) for v in r.losses],
                 "iterations": r.iterations, "stopped_early": r.stopped_early,
                 "seconds": round(time.perf_counter() - start, 2)})
-            if not self.ctx.json:
-                print(f"{path}: {files['svg']} (seed {r.best_seed}, loss {float(r.losses[r.best_seed]):.4f}, "
-                      f"{r.iterations} iterations, {results[-1]['seconds']} s)")
         return results
 
-    def write(self, sk: Sketch, sketcher: Sketcher, out: Path, stem: str) -> dict[str, Path]:
+    def write(self, sk: "Sketch", sketcher: "Sketcher", out: Path, stem: str) -> dict[str, Path]:
         """<stem>.svg, <stem>.png, and the optional GIF / saliency picture."""
+        from .outputs import atomic_write, png_bytes, saliency_image, write_gif, write_png, write_svg
         o, size = self.cfg.output, sk.size
         files = {"svg": write_svg(out / f"{stem}.svg", sk.best, size),
                  "png": write_png(out / f"{stem}.png", sk.best, size, sketcher.rasteriser, o.png_scale)}
@@ -153,21 +163,24 @@ class ClipassoTask(Task):
                                              png_bytes(saliency_image(sk.saliency, sk.target.pixels)))
         return files
 
-    def evaluate(self, args: argparse.Namespace) -> dict:
+    def evaluate(self, per_shape: int = 4, sheet: Path | None = None, strokes: int | None = None,
+                 iters: int | None = None, seeds: int | None = None, seed: int | None = None) -> dict:
         from .recognition import sketch_recognition
-        self._apply_args(args)
-        if args.per_shape < 1:
-            raise UserError(f"--per-shape must be >= 1, got {args.per_shape}")
-        if args.sheet is not None:
-            ensure_writable_dir(args.sheet.parent)
-        report = sketch_recognition(self.sketcher(), self.ctx.text_bank, per_shape=args.per_shape,
-                                    sheet=args.sheet)
-        if not self.ctx.json:
-            print(f"clipasso eval: {report['images']} tiny-world shapes, {report['strokes']} strokes; "
-                  f"shape top-1 of the sketches {report['sketch_top1']:.3f}, saliency init "
-                  f"{report['init_top1']:.3f}, random strokes {report['random_top1']:.3f}, "
-                  f"target images {report['target_top1']:.3f} (chance {report['chance']:.3f})")
-        return report
+        self.apply_options("eval", strokes=strokes, iters=iters, seeds=seeds, seed=seed)
+        if per_shape < 1:
+            raise UserError(f"--per-shape must be >= 1, got {per_shape}")
+        if sheet is not None:
+            ensure_writable_dir(Path(sheet).parent)
+        return sketch_recognition(self.sketcher(), self.ctx.text_bank, per_shape=per_shape, sheet=sheet)
+
+    def describe(self, action: str, result: Any) -> list[str]:
+        if action == "infer":
+            return [f"{r['image']}: {r['svg']} (seed {r['best_seed']}, loss {r['loss']:.4f}, "
+                    f"{r['iterations']} iterations, {r['seconds']} s)" for r in result]
+        return [f"clipasso eval: {result['images']} tiny-world shapes, {result['strokes']} strokes; "
+                f"shape top-1 of the sketches {result['sketch_top1']:.3f}, saliency init "
+                f"{result['init_top1']:.3f}, random strokes {result['random_top1']:.3f}, "
+                f"target images {result['target_top1']:.3f} (chance {result['chance']:.3f})"]
 
     def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
         """Sketch two bundled single-shape examples with the tiny-world config."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from clipheads.core.atomic import atomic_path
 from clipheads.core.errors import UserError
 
 from .config import ModelConfig, TimmConfig
@@ -220,9 +221,9 @@ def export(conv: Converted, out: Path, source: str, clip_arch: str | None = None
     arch = clip_arch or guess_clip_arch(conv.clip_state)
     out.mkdir(parents=True, exist_ok=True)
     clip_path = out / CLIP_FILE
-    tmp = out / f".{CLIP_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in conv.clip_state.items()}, str(tmp), metadata={"quick_gelu": "true"})
-    tmp.replace(clip_path)
+    with atomic_path(clip_path) as tmp:
+        save_file({k: v.contiguous() for k, v in conv.clip_state.items()}, str(tmp),
+                  metadata={"quick_gelu": "true"})
     backbone = FrozenCLIP.from_spec(arch, clip_path)
     if backbone.embed_dim != conv.text_dim:
         raise UserError(f"the head maps pixels to {conv.text_dim}-d but CLIP {arch} embeds text in "

@@ -3,11 +3,12 @@ each written under a temporary name and renamed, so no half-written file is left
 from __future__ import annotations
 
 import colorsys
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from clipheads.core.atomic import atomic_path
 
 
 def palette(n: int) -> np.ndarray:
@@ -44,11 +45,6 @@ def overlay(image: Image.Image, mask: np.ndarray, num_labels: int, alpha: float 
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write `path` atomically (temporary file in the same folder, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -4,14 +4,13 @@
 The JSON makes a head self-describing: `lseg infer --head DIR` rebuilds the same net,
 picks the backbone it needs, and warns when the backbone's weights differ from the
 ones the head was trained on. The bundled tiny-world head lives in
-clipheads/core/assets/lseg_tiny/.
+clipheads/tasks/lseg/assets/lseg_tiny/.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from clipheads.core.atomic import atomic_path, atomic_write_text
 from clipheads.core.config import from_dict
 from clipheads.core.errors import UserError
 
@@ -55,7 +55,7 @@ class HeadInfo:
 
 
 def bundled_head_dir() -> Path:
-    return Path(str(resources.files("clipheads.core") / "assets" / "lseg_tiny"))
+    return Path(str(resources.files("clipheads.tasks.lseg") / "assets" / "lseg_tiny"))
 
 
 def head_files(path: str | Path) -> tuple[Path, Path]:
@@ -71,20 +71,9 @@ def save_head(folder: Path, state: dict[str, torch.Tensor], info: HeadInfo, half
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu()).contiguous()
              for k, v in state.items()}
-    w_tmp, m_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{META}.tmp"
-    try:
-        save_file(state, str(w_tmp), metadata={"format": FORMAT})
-        m_tmp.write_text(json.dumps(info.to_json(), indent=2) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp in (w_tmp, m_tmp):   # safetensors writes 0600; heads are shared package data
-            os.chmod(tmp, 0o644 & ~umask)
-        os.replace(w_tmp, folder / WEIGHTS)
-        os.replace(m_tmp, folder / META)
-    except BaseException:
-        w_tmp.unlink(missing_ok=True)
-        m_tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    atomic_write_text(folder / META, json.dumps(info.to_json(), indent=2) + "\n")
     return folder
 
 
