@@ -6,7 +6,8 @@ does the rest, the same way for every head and correctly under `torchrun`:
 
 1. the device comes from LOCAL_RANK (`Context.device`) and the process group is joined
    before any model is built, so every rank builds on its own device;
-2. BatchNorm in the trainable module is synchronised across ranks (any backend);
+2. the module is built from `train.seed` (the same weights on every rank and rerun) and
+   its BatchNorm is synchronised across ranks (any backend);
 3. the core `Trainer` trains (global batch, exact resume, evaluation and best tracking on
    rank 0, checkpoints written once);
 4. after a barrier, rank 0 alone computes the final metrics, exports, saves the resolved
@@ -65,6 +66,7 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
 
     from .engine import Trainer
     from .engine import distributed as D
+    from .engine.rng import seed_everything
     from .engine.sync_bn import convert_sync_batchnorm
 
     task.check_training(install)
@@ -75,6 +77,7 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
     device = task.ctx.device
     dist = D.init_distributed(device="cpu" if device.type == "cpu" else "cuda")
     data = task.train_data()
+    seed_everything(cfg.seed)  # the same initial weights on every rank and in every rerun
     module = task.build_model()
     if dist.is_distributed:
         module = convert_sync_batchnorm(module, device)

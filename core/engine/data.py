@@ -4,9 +4,10 @@ The trainer owns its DataLoader so it always knows the exact data position
 (epoch, batch index). Resuming skips already-consumed batches through the sampler,
 so skipped samples are never loaded or decoded.
 
-Exactness: with `num_workers=0` a dataset may draw augmentations from the global RNG
-(it is checkpointed). With workers, batches are exact but worker RNG streams are not
-replayed, so random augmentations there should be seeded from the sample index.
+Exactness: a dataset that draws augmentations from the global RNG is exact only with
+`num_workers=0` and one process. Datasets that derive from `SampleSeeded` draw from a
+generator keyed by (seed, epoch, sample index) instead: every sample gets the same draws
+on 1 or N ranks, with or without workers, and after a resume.
 """
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from clipheads.core.errors import UserError
+
+
+class SampleSeeded:
+    """Mixin for datasets with random augmentation: `sample_generator(index)` is a torch
+    Generator seeded by (seed, epoch, index); the loader calls `set_epoch` before each epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def sample_generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_mix(_mix(self.seed, self.epoch), int(index)))
 
 
 class ResumableSampler(DistributedSampler):
@@ -111,6 +126,8 @@ class EpochLoader:
 
     def _start_epoch(self) -> Iterator[Any]:
         self.sampler.set_epoch(self.epoch)
+        if hasattr(self.loader.dataset, "set_epoch"):  # before workers copy the dataset
+            self.loader.dataset.set_epoch(self.epoch)
         self.sampler.set_start(self.batch * self.batch_size)
         self._gen.manual_seed(_mix(self.seed, self.epoch))
         return iter(self.loader)

@@ -131,6 +131,19 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """`total / count` over the global batch, for losses averaged over a varying number of
+    valid elements (pixels not ignored): the count is summed over ranks, and the result is
+    scaled by the world size because DDP averages gradients. Equal to the one-process mean
+    on the concatenated batch; never divides by zero."""
+    count = count.detach().float()
+    if not is_initialized() or dist.get_world_size() == 1:
+        return total / count.clamp(min=1)
+    count = count.clone()
+    dist.all_reduce(count)
+    return total * dist.get_world_size() / count.clamp(min=1)
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of `t` over ranks (a detached copy; for logging)."""
     if not is_initialized() or dist.get_world_size() == 1:

@@ -3,7 +3,7 @@
 torch's `SyncBatchNorm` runs only on CUDA; under gloo (CPU ranks) each rank would
 normalise with its own slice's statistics and the run would differ from the one-process
 run with the same global batch. `CrossRankBatchNorm` computes the batch statistics over
-all ranks with the autograd-aware all-reduce of `torch.distributed.nn`, so forward and
+all ranks with an autograd-aware all-reduce, so forward and
 backward equal BatchNorm over the concatenated batch. On CUDA, torch's fused
 `SyncBatchNorm` is used instead.
 """
@@ -11,15 +11,29 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of each rank's input is the sum of all ranks' gradients
+    (every rank's loss depends on every rank's statistics)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks; the gradient of each rank's input is the sum of all ranks' gradients."""
-    from torch.distributed.nn.functional import all_reduce
-    return all_reduce(t, op=dist.ReduceOp.SUM)
+    return _AllReduceSum.apply(t)
 
 
 class CrossRankBatchNorm(_BatchNorm):

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import torch
 
-from ..errors import UserError
+from ..atomic import atomic_save
+from .labels import check_labels
 from .templates import get_templates, render
 
 log = logging.getLogger(__name__)
@@ -25,23 +26,6 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CLIPHEADS_CACHE", Path.home() / ".cache" / "clipheads"))
-
-
-def check_labels(labels: Sequence[str], where: str = "--labels") -> list[str]:
-    """Strip labels and refuse empty lists, empty labels and duplicates (one clear line)."""
-    cleaned = [str(label).strip() for label in labels]
-    if not cleaned:
-        raise UserError(f"{where}: the label list is empty; give at least one label, "
-                        "e.g. --labels 'cat,dog'")
-    if any(not label for label in cleaned):
-        raise UserError(f"{where}: empty label at position {cleaned.index('') + 1}; "
-                        "remove the stray comma")
-    seen: set[str] = set()
-    dupes = [label for label in cleaned if label in seen or seen.add(label)]
-    if dupes:
-        raise UserError(f"{where}: duplicate label(s) {', '.join(sorted(set(dupes)))}; "
-                        "each label may appear once")
-    return cleaned
 
 
 def _weights_key(backbone) -> str:
@@ -143,11 +127,7 @@ class TextBank:
             return
         name = hashlib.sha1("\n".join(labels).encode()).hexdigest()[:16] + ".pt"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"labels": labels, "embeddings": emb}, f)
-            os.replace(tmp, folder / name)
+            atomic_save({"labels": labels, "embeddings": emb}, folder / name)
         except OSError as exc:
             log.warning("could not write text cache in %s (%s); keeping it in memory",
                         folder, exc.strerror or exc)

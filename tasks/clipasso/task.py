@@ -92,7 +92,8 @@ class ClipassoTask(Task):
             return None
         from clipheads.core.backbone import FrozenCLIP
         return FrozenCLIP.from_spec(spec, i.saliency_weights, device=self.ctx.device,
-                                    allow_torchscript=self.ctx.allow_torchscript)
+                                    allow_torchscript=self.ctx.allow_torchscript,
+                                    allow_activation_mismatch=self.ctx.allow_activation_mismatch)
 
     def sketcher(self) -> "Sketcher":
         from .sketcher import Sketcher

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clipheads.core.data.masks import SegmentationFolder
+from clipheads.core.engine.data import SampleSeeded
 from clipheads.core.errors import UserError
 from clipheads.core.tinyworld import CATEGORIES, make_scene, split_seeds
 
@@ -47,25 +48,28 @@ class TrainAugment:
         self.std = torch.tensor(std).view(3, 1, 1)
         self.ignore_index = ignore_index
 
-    def __call__(self, image: Image.Image | torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
+    def __call__(self, image: Image.Image | torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random draws come from `generator` (a per-sample one from the dataset), else the
+        global RNG."""
+        cfg, g = self.cfg, generator
         img = image if isinstance(image, torch.Tensor) else image_tensor(image)
         h, w = img.shape[-2:]
-        u = float(torch.rand(()))
+        u = float(torch.rand((), generator=g))
         long = max(1, int(cfg.base_size * (cfg.scale_min + u * (cfg.scale_max - cfg.scale_min))))
         oh, ow = (long, max(1, int(w * long / h + 0.5))) if h > w else (max(1, int(h * long / w + 0.5)), long)
         x = F.interpolate(img[None].float(), size=(oh, ow), mode="bilinear", align_corners=False,
                           antialias=True)[0].clamp_(0, 255)
         m = F.interpolate(mask[None, None].float(), size=(oh, ow), mode="nearest")[0, 0].long()
-        if cfg.flip and float(torch.rand(())) < 0.5:
+        if cfg.flip and float(torch.rand((), generator=g)) < 0.5:
             x, m = x.flip(-1), m.flip(-1)
         c = cfg.crop_size
         ph, pw = max(0, c - oh), max(0, c - ow)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), value=0.0)
             m = F.pad(m, (0, pw, 0, ph), value=self.ignore_index)
-        y0 = int(torch.randint(0, x.shape[-2] - c + 1, ()))
-        x0 = int(torch.randint(0, x.shape[-1] - c + 1, ()))
+        y0 = int(torch.randint(0, x.shape[-2] - c + 1, (), generator=g))
+        x0 = int(torch.randint(0, x.shape[-1] - c + 1, (), generator=g))
         x, m = x[:, y0:y0 + c, x0:x0 + c], m[y0:y0 + c, x0:x0 + c]
         return (x / 255.0 - self.mean) / self.std, m
 
@@ -121,15 +125,17 @@ def render_scenes(split: str, n: int, size: int, workers: int = 0, start: int = 
     return np.stack(images), np.stack(masks), seeds
 
 
-class TinyWorldSegmentation(Dataset):
+class TinyWorldSegmentation(SampleSeeded, Dataset):
     """Tiny-world scenes rendered once, masks mapped to training-label indices.
 
     Held-out shapes never receive a label: with `heldout_mode='drop'` scenes showing
-    them are skipped, with 'ignore' their pixels get `ignore_index`."""
+    them are skipped, with 'ignore' their pixels get `ignore_index`. Augmentation draws
+    are keyed by (seed, epoch, index), so 1 and N ranks see the same crops."""
 
     def __init__(self, labels: Sequence[str], heldout: Sequence[str], n: int, size: int,
                  transform=None, split: str = "train", heldout_mode: str = "drop",
-                 ignore_index: int = 255, workers: int = 0):
+                 ignore_index: int = 255, workers: int = 0, seed: int = 0):
+        self.seed = seed
         lut = np.full(256, ignore_index, dtype=np.uint8)
         lut[0] = 0
         for k, name in enumerate(CATEGORIES, start=1):
@@ -149,7 +155,7 @@ class TinyWorldSegmentation(Dataset):
 
     def __getitem__(self, index: int):
         img, mask = self.images[index], self.masks[index]
-        return self.transform(img, mask) if self.transform else (img, mask)
+        return self.transform(img, mask, self.sample_generator(index)) if self.transform else (img, mask)
 
 
 @dataclass
@@ -177,12 +183,14 @@ def split_folders(root: Path, split: str) -> tuple[Path, Path]:
     return img, ann
 
 
-class FolderSegmentation(Dataset):
+class FolderSegmentation(SampleSeeded, Dataset):
     """The core's ADE20K-layout reader (missing masks skipped and counted, size mismatches
-    named) with each mask checked against the number of class names, then `transform`."""
+    named) with each mask checked against the number of class names, then `transform`
+    (its random draws keyed by (seed, epoch, index))."""
 
     def __init__(self, root: Path, split: str, labels: FolderLabels, transform=None,
-                 ignore_index: int = 255):
+                 ignore_index: int = 255, seed: int = 0):
+        self.seed = seed
         img, ann = split_folders(root, split)
         self.folder = SegmentationFolder(img, ann, reduce_zero_label=labels.reduce_zero_label,
                                          ignore_index=ignore_index)
@@ -212,4 +220,4 @@ class FolderSegmentation(Dataset):
             raise UserError(f"mask {self.folder.pairs[index][1]} holds class index {int(valid.max())} "
                             f"but only {self.num_labels} class names are known; fix the labels file "
                             "or data.reduce_zero_label")
-        return self.transform(image, mask) if self.transform else (image, mask)
+        return self.transform(image, mask, self.sample_generator(index)) if self.transform else (image, mask)

@@ -43,6 +43,25 @@ class ClipEncoder(nn.Module):
         if self.unlocked:
             backbone.unlock(self.unlocked)
             self.visual = backbone.model.visual
+            self._check_all_unlocked_used()
+
+    def _check_all_unlocked_used(self) -> None:
+        """Unlocked weights the taps never reach (blocks after the deepest tap, the pooling)
+        would get no gradient: DDP stops on them, and they would silently never train."""
+        from clipheads.core.backbone import vit
+        used = {id(p) for i, block in enumerate(vit.blocks(self.visual)) if i <= max(self.layers)
+                for p in block.parameters()}
+        in_blocks = {id(p) for p in vit.blocks(self.visual).parameters()}
+        pool = {id(p) for name, m in self.visual.named_children()
+                if name in ("ln_post", "attn_pool") for p in m.parameters()}
+        if getattr(self.visual, "proj", None) is not None:
+            pool.add(id(self.visual.proj))
+        idle = [n for n, p in self.visual.named_parameters()
+                if p.requires_grad and ((id(p) in in_blocks and id(p) not in used) or id(p) in pool)]
+        if idle:
+            raise UserError(f"model.unlock {self.unlocked} makes {len(idle)} parameter(s) trainable that "
+                            f"LSeg never uses (e.g. {idle[0]}: after the deepest tapped block "
+                            f"{max(self.layers)} or in the pooling); unlock 'visual.last:N' within the taps")
 
     @property
     def widths(self) -> list[int]:

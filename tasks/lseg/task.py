@@ -239,7 +239,8 @@ class LSegTask(Task):
         if d.source == "tiny-world":
             labels, heldout = tiny_world_labels(d.background, d.heldout)
             dataset = TinyWorldSegmentation(labels, heldout, d.n_train, d.scene_size, aug, "train",
-                                            d.heldout_mode, d.ignore_index, d.render_workers)
+                                            d.heldout_mode, d.ignore_index, d.render_workers,
+                                            seed=cfg.train.seed)
             self._val = tiny_world_eval("val", d.n_val, d.scene_size)
             self._eval_labels = [d.background, *CATEGORIES]
             self.best_metric = "miou_seen"
@@ -249,7 +250,8 @@ class LSegTask(Task):
             root = Path(d.root)
             names = folder_labels(root, d.labels, d.labels_file, d.reduce_zero_label)
             labels, heldout, self._eval_labels = names.names, [], names.names
-            dataset = FolderSegmentation(root, d.train_split, names, aug, d.ignore_index)
+            dataset = FolderSegmentation(root, d.train_split, names, aug, d.ignore_index,
+                                         seed=cfg.train.seed)
             self._val = list(folder_scenes(FolderSegmentation(root, d.val_split, names, None,
                                                               d.ignore_index), d.n_val))
             self.best_metric = "miou"
@@ -278,6 +280,8 @@ class LSegTask(Task):
         """Pixel cross-entropy over the training labels (ignore index respected); a batch
         whose samples were all unreadable, or all ignored, gives a zero loss, never NaN."""
         import torch.nn.functional as F
+
+        from clipheads.core.engine.distributed import global_mean
         if batch is None:
             inner = getattr(module, "module", module)
             return {"loss": sum(p.sum() * 0.0 for p in inner.parameters() if p.requires_grad)}
@@ -285,7 +289,7 @@ class LSegTask(Task):
         logits = module(pixels, self._train_text)
         ignore = self.cfg.data.ignore_index
         loss = F.cross_entropy(logits, target.long(), ignore_index=ignore, reduction="sum")
-        return {"loss": loss / (target != ignore).sum().clamp(min=1)}
+        return {"loss": global_mean(loss, (target != ignore).sum())}
 
     def param_groups(self, module: "torch.nn.Module") -> list[dict]:
         return module.param_groups(self.cfg.head_lr_mult)
