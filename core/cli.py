@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -217,6 +219,22 @@ def _present(task: Any, action: str, result: Any, as_json: bool) -> None:
         print(line)
 
 
+class _Stopped(Exception):
+    """SIGTERM arrived: torchrun stopping this rank because another failed, or a scheduler."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Stopped()
+
+
+def _stopped_message(args: argparse.Namespace | None) -> str:
+    text = "stopped by SIGTERM (under torchrun: another rank failed, see its log)"
+    if args is not None and getattr(args, "action", None) == "train" and getattr(args, "out", None):
+        from .runtime import resume_hint
+        text += f"; {resume_hint(args.out)}"
+    return text
+
+
 def _finish_distributed() -> None:
     """Leave a torchrun process group cleanly (only if torch was ever loaded)."""
     if "torch" in sys.modules:
@@ -228,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if "-v" in argv or "--verbose" in argv else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    args = None
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "list":
@@ -243,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clipheads: interrupted", file=sys.stderr)
         return 130
+    except _Stopped:
+        print(f"clipheads: error: {_stopped_message(args)}", file=sys.stderr)
+        return 143
     finally:
         _finish_distributed()
 

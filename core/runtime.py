@@ -87,7 +87,13 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
                       param_groups=groups, eval_fn=eval_fn,
                       best_metric=task.best_metric if eval_fn is not None else None,
                       best_mode=task.best_mode, config_dict=task.cfg, device=device, progress=progress)
-    fit = trainer.fit(resume=resume)
+    try:
+        fit = trainer.fit(resume=resume)
+    except RuntimeError as exc:
+        if dist.is_distributed and _lost_peer(exc):
+            raise UserError(f"rank {dist.rank} lost contact with another rank during training "
+                            f"({_first_line(exc)}); {resume_hint(out)}") from exc
+        raise
     module = trainer.module.eval()
     report = TrainReport(task.name, out, trainer.step, dist.world_size, dist.is_main,
                          skipped=_skipped(data.dataset, trainer), best_checkpoint=fit.best_checkpoint)
@@ -111,6 +117,32 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
         raise UserError(f"rank 0 failed after training ({outcome}); the checkpoints in {out} are "
                         "intact: fix the cause and rerun with --resume")
     return report
+
+
+_PEER_FAILURE = ("connection reset", "connection closed", "broken pipe", "gloo", "nccl", "timed out")
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A collective failed because another process died or hung (not a bug of this rank)."""
+    import torch.distributed as dist
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(mark in text for mark in _PEER_FAILURE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def resume_hint(out: Path) -> str:
+    """Where a stopped run can continue from (the checkpoints are written atomically)."""
+    from .engine.checkpoint import CheckpointDir
+    last = CheckpointDir(Path(out) / "checkpoints", None).last()
+    if last is None:
+        return f"no checkpoint was written yet in {out}; rerun the command"
+    return f"the last checkpoint {last} is intact: rerun the same command with --resume"
 
 
 def _skipped(dataset: Any, trainer: Any) -> int:

@@ -150,3 +150,29 @@ def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
     if isinstance(tree, (list, tuple)):
         return {k: v for i, sub in enumerate(tree) for k, v in _tensors(sub, f"{prefix}.{i}").items()}
     return {}
+
+
+def test_killed_rank_stops_the_others_with_one_line_and_resume_continues(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "clipheads.core.cli", "clip", "train", "--out", str(out), *CLIP, "--set", "train.steps=30",
+            "--set", "train.ckpt_every=3", "--set", "train.eval_every=0", "--device", "cpu"]
+    proc = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "checkpoints" / "step_00000003.pt"
+    deadline = time.monotonic() + 240
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ranks = subprocess.run(["pgrep", "-f", f"clipheads.core.cli clip train --out {out}"],
+                           capture_output=True, text=True).stdout.split()
+    workers = [int(p) for p in ranks if int(p) != proc.pid]
+    assert len(workers) == 2, ranks
+    os.kill(max(workers), signal.SIGKILL)          # the later-started worker: rank 1
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if "clipheads: error:" in line]
+    assert ours and all("--resume" in line for line in ours), err[-2000:]
+    assert not (out / "checkpoints" / "step_00000030.pt").exists()
+    resumed = subprocess.run(args[:-2] + ["--resume", "--json", "--device", "cpu"], env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert summaries(resumed)[0]["steps"] == 30

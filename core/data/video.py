@@ -153,13 +153,30 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+# Byte-reproducible mp4s (same frames + same PyAV/FFmpeg build -> same bytes):
+# - one encoder thread (x264 with threads=1 also runs one lookahead thread, no sliced threads);
+# - x264 `mbtree=0`: with the macroblock tree on, x264 (core 165, PyAV 18.1 wheels) gave
+#   different first-frame bits for the same input now and then (about 1 clip in 10 over a few
+#   re-encodes in one process; the result depended on what earlier encodes left in memory),
+#   which made the exported tiny world flaky. With mbtree off, 0 of 160+ clips varied;
+# - `bitexact` for the encoder and the muxer: no "Lavc…"/"Lavf…" version strings in the file.
+#   The mp4 muxer writes no creation_time unless asked to.
+_BITEXACT = {"threads": "1", "flags": "+bitexact"}
+_ENCODER_OPTIONS = {
+    "libx264": {**_BITEXACT, "crf": "18", "mbtree": "0", "x264-params": "sliced-threads=0:lookahead-threads=1"},
+}
+_MUXER_OPTIONS = {"fflags": "+bitexact"}
+
+
 def write_video(path: str | os.PathLike[str], frames: np.ndarray | Sequence[np.ndarray], fps: float,
                 codecs: Sequence[str] = ("libx264", "mpeg4")) -> str:
     """Encode uint8 RGB frames (T x H x W x 3) to an mp4; returns the codec used.
 
     Tries `codecs` in order (h264 first, mpeg4 where the FFmpeg build lacks x264), writes
     to a temporary name and renames, so a crash never leaves a half-written video.
-    Odd frame sizes are edge-padded by one pixel.
+    Odd frame sizes are edge-padded by one pixel. The same frames give the same bytes on
+    the same PyAV/FFmpeg build (single-threaded bit-exact encoding, no timestamps in the
+    file); other builds may encode differently.
     """
     import av
 
@@ -172,10 +189,10 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | Sequence[np.n
     errors = []
     for codec in codecs:
         try:
-            with atomic_path(out) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-                options = {"crf": "18", "threads": "1"} if codec == "libx264" else {"threads": "1"}
+            with atomic_path(out) as tmp, av.open(str(tmp), "w", format="mp4",
+                                                  options=_MUXER_OPTIONS) as container:
                 stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001),
-                                              options=options)
+                                              options=dict(_ENCODER_OPTIONS.get(codec, _BITEXACT)))
                 stream.width, stream.height = arr.shape[2], arr.shape[1]
                 stream.pix_fmt = "yuv420p"
                 if codec == "mpeg4":
