@@ -135,7 +135,7 @@ def task_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_list(args: argparse.Namespace) -> int:
-    from .backbone import list_backbones
+    from .backbone.catalog import list_backbones  # reads open_clip's files: no torch import
     backbones = list_backbones()
     tasks = {n: {"summary": TASKS.get(n).summary, "origin": TASKS.origin(n)} for n in TASKS.names()}
     configs = list_configs()

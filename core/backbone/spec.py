@@ -80,8 +80,7 @@ def parse_spec(spec: str, weights: str | Path | None = None) -> BackboneSpec:
 
 
 def list_backbones() -> dict[str, list[str]]:
-    """Architecture -> pretrained tags, with the bundled tiny world first."""
-    out: dict[str, list[str]] = {TINY_WORLD: ["bundled"]}
-    for arch in open_clip.list_models():
-        out[arch] = open_clip.list_pretrained_tags_by_model(arch)
-    return out
+    """Architecture -> pretrained tags, with the bundled tiny world first (see `catalog`)."""
+    from .catalog import list_backbones as _catalog_backbones
+
+    return _catalog_backbones()

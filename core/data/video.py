@@ -156,14 +156,15 @@ def _even(frames: np.ndarray) -> np.ndarray:
 # Byte-reproducible mp4s (same frames + same PyAV/FFmpeg build -> same bytes):
 # - one encoder thread (x264 with threads=1 also runs one lookahead thread, no sliced threads);
 # - x264 `mbtree=0`: with the macroblock tree on, x264 (core 165, PyAV 18.1 wheels) gave
-#   different first-frame bits for the same input now and then (about 1 clip in 10 over a few
-#   re-encodes in one process; the result depended on what earlier encodes left in memory),
-#   which made the exported tiny world flaky. With mbtree off, 0 of 160+ clips varied;
+#   different first-frame bits for the same input now and then (4 of 40 random tiny-world
+#   clips over 4 re-encodes in one process; the result depended on what earlier encodes had
+#   left in memory), which made the exported tiny world flaky. With mbtree off: 0 of 220;
 # - `bitexact` for the encoder and the muxer: no "Lavc…"/"Lavf…" version strings in the file.
 #   The mp4 muxer writes no creation_time unless asked to.
 _BITEXACT = {"threads": "1", "flags": "+bitexact"}
 _ENCODER_OPTIONS = {
-    "libx264": {**_BITEXACT, "crf": "18", "mbtree": "0", "x264-params": "sliced-threads=0:lookahead-threads=1"},
+    "libx264": {**_BITEXACT, "crf": "18", "mbtree": "0",
+                "x264-params": "sliced-threads=0:lookahead-threads=1"},
 }
 _MUXER_OPTIONS = {"fflags": "+bitexact"}
 
