@@ -190,6 +190,7 @@ def _chosen_keys(args: argparse.Namespace) -> set[str]:
 def _run_task(args: argparse.Namespace) -> int:
     task = _build_task(args)
     opts = task_options(args)
+    task.ctx.device  # noqa: B018 - a missing GPU is refused before any file or model is touched
     if args.action == "train":
         task.apply_options("train", **opts)
         task.check_training(getattr(args, "install", False))
@@ -255,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_list(args)
         if args.command == "demo":
             from .demo import run_demo
+            from .device import resolve_device
+            resolve_device(args.device)
             run_demo(args.out, device=args.device)
             return 0
         return _run_task(args)

@@ -31,6 +31,24 @@ def read_labels(args: argparse.Namespace) -> list[str]:
     return check_labels(raw.split(","), where="--labels")
 
 
+def int_at_least(low: int):
+    """An argparse `type` for integers >= `low` (a bad value is a one-line usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` (and parents) and prove it is writable, before any work starts."""
     try:

@@ -1,7 +1,10 @@
 """Typed configs: dataclasses are the schema, YAML files fill them, `--set a.b=c` overrides.
 
 Unknown keys are errors with a suggestion; values are coerced to the field's type (so
-`--set train.lr=1e-3` is a float and `--set layers=[2,5,8,11]` a list of ints).
+`--set train.lr=1e-3` is a float and `--set layers=[2,5,8,11]` a list of ints). A field
+declares its allowed values with `checked(default, ge=..., choices=..., ...)`; every
+resolved config is checked before anything is built, and a bad value is one line naming
+the key, the value, the rule and where the value came from (file, --set, default).
 """
 from __future__ import annotations
 
@@ -18,6 +21,58 @@ from .atomic import atomic_write_text
 from .errors import UserError, close_matches
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The allowed values of one config field (None = no rule). Numbers: `ge`/`gt`/`le`/`lt`;
+    lists and strings: `min_len`/`max_len`/`length`; `choices`; `each` applies to list items."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    length: int | None = None
+    min_len: int | None = None
+    each: "Check | None" = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` breaks the rule, or None (None values pass: optional fields)."""
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:
+                return "must be a number, not NaN"
+            inside = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                      and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+            if not inside:
+                return f"must be {self._range()}"
+        if isinstance(value, (list, tuple, str)):
+            if self.length is not None and len(value) != self.length:
+                return f"must have exactly {self.length} entries"
+            if self.min_len is not None and len(value) < self.min_len:
+                return f"must have at least {self.min_len} entr{'y' if self.min_len == 1 else 'ies'}"
+            if self.each is not None and not isinstance(value, str):
+                for i, item in enumerate(value):
+                    why = self.each.problem(item)
+                    if why:
+                        return f"entry {i} ({item!r}) {why}"
+        return None
+
+    def _range(self) -> str:
+        parts = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if b is not None]
+        return " and ".join(parts)
+
+
+def checked(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            **rules: Any) -> Any:
+    """A dataclass field with allowed values, e.g. `top_k: int = checked(5, ge=1)`."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"check": Check(**rules)})
 
 
 @dataclasses.dataclass
@@ -130,7 +185,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise UserError(f"--set {item!r}: '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                            "quote it, e.g. --set 'key=[1, 2]'") from exc
     return data
 
 
@@ -167,9 +226,10 @@ def resolve_config_path(task: str, name_or_path: str) -> Path:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"cannot read config {path}: {str(exc).splitlines()[0]}") from exc
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read config {path}: {reason}; pass a YAML text file") from exc
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping at the top level")
     return data
@@ -189,7 +249,50 @@ def load_config(cls: type[T], path: Path | None = None, overrides: Sequence[str]
     data = apply_overrides(data, overrides)
     where = str(path) if path else "config"
     from_dict(cls, data, where=where)  # unknown keys are reported against the user's input
-    return from_dict(cls, _merge(to_dict(cls()), data), where=where)
+    cfg = from_dict(cls, _merge(to_dict(cls()), data), where=where)
+    sources = _sources(path, base or {}, overrides)
+    check_config(cfg, lambda key: sources.get(key, "default"))
+    return cfg
+
+
+def _sources(path: Path | None, base: dict[str, Any], overrides: Sequence[str]) -> dict[str, str]:
+    """Dotted key -> where its value came from (the last writer wins, as in load_config)."""
+    out: dict[str, str] = {}
+    if path is not None:
+        data = read_yaml(path)
+        out.update({k: f"config {path}" for k in _dotted(data)})
+    out.update({k: f"--{k}" for k in _dotted(base)})
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        out.update({k: "--set" for k in list(out) if k.startswith(key + ".")})
+        out[key] = "--set"
+    return out
+
+
+def _dotted(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        keys.append(prefix + str(k))
+        if isinstance(v, dict):
+            keys += _dotted(v, f"{prefix}{k}.")
+    return keys
+
+
+def check_config(cfg: Any, source: Any = lambda key: "default", prefix: str = "") -> None:
+    """Every `checked` field of `cfg` (recursively) against its rule; one UserError line."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        rule = f.metadata.get("check")
+        why = rule.problem(value) if rule is not None else None
+        if why:
+            raise UserError(f"{key}={value!r} ({source(key)}): {why}; "
+                            f"fix it with --set {key}=... or in the config file")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config(value, source, key + ".")
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):  # rules that involve several fields or mappings
+        validate()
 
 
 def save_config(cfg: Any, path: Path, task: str) -> None:

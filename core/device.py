@@ -53,8 +53,8 @@ def resolve_device(spec: str | None = "auto") -> "torch.device":
             return torch.device("cpu")
         text = "cuda"
     if not available:
-        raise UserError(f"--device {spec} asked for CUDA but no CUDA device is available here; "
-                        "use --device cpu (or auto)")
+        raise UserError(f"--device {spec}: no CUDA device is available here (devices: cpu); "
+                        "use --device cpu or auto")
     count = torch.cuda.device_count()
     index = local_rank() % count if text == "cuda" else int(text.split(":")[1])
     if index >= count:

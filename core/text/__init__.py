@@ -7,6 +7,7 @@ _EXPORTS = {
     "TextBank": "bank", "default_cache_dir": "bank",
     "check_labels": "labels",
     "TEMPLATE_SETS": "templates", "get_templates": "templates", "render": "templates",
+    "resolve_templates": "templates", "check_template": "templates",
 }
 
 __all__ = sorted(_EXPORTS)

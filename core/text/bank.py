@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_save
 from .labels import check_labels
-from .templates import get_templates, render
+from .templates import render, resolve_templates
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class TextBank:
     def embed(self, labels: Sequence[str], templates: str | Sequence[str] = "single") -> torch.Tensor:
         """[len(labels), D] unit-norm embeddings, each the re-normalised mean over templates."""
         labels = check_labels(labels)
-        tmpl = get_templates(templates) if isinstance(templates, str) else tuple(templates)
+        tmpl = resolve_templates(templates, where="templates")
         key = (self._current_weights(), self._set_key(tmpl))
         self._load_disk(key)
         missing = [lb for lb in labels if (*key, lb) not in self._memory]

@@ -76,6 +76,34 @@ def get_templates(name: str) -> tuple[str, ...]:
     return TEMPLATE_SETS[name]
 
 
+def check_template(template: str, where: str = "--templates") -> str:
+    """A prompt template must hold exactly one '{}' slot for the label (plus, optionally,
+    '{article}'), so a typo is one clear line instead of a str.format traceback."""
+    import string
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(template.replace("{article}", "a"))
+                  if f is not None or spec or conv]
+    except ValueError as exc:
+        raise UserError(f"{where}: template {template!r} is not a valid format string ({exc}); "
+                        "write literal braces as '{{' and '}}'") from exc
+    if fields != [""]:
+        raise UserError(f"{where}: template {template!r} must contain exactly one '{{}}' for the label "
+                        f"(and optionally '{{article}}'); it has {len(fields)} other field(s) or slots")
+    return template
+
+
+def resolve_templates(spec: str | Sequence[str], where: str = "--templates") -> tuple[str, ...]:
+    """A template-set name, one format string with '{}' (e.g. LSeg's '{}'), or a list of them."""
+    if isinstance(spec, str):
+        if "{" not in spec and "}" not in spec:
+            return get_templates(spec)
+        return (check_template(spec, where),)
+    templates = tuple(check_template(t, where) for t in spec)
+    if not templates:
+        raise UserError(f"{where}: the template list is empty; give a set name such as 'single'")
+    return templates
+
+
 def _article(label: str) -> str:
     return "an" if label[:1].lower() in "aeiou" else "a"
 

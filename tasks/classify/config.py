@@ -1,9 +1,12 @@
-"""Config schema of the `classify` task."""
+"""Config schema of the `classify` task (allowed values declared with `checked`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipheads.core.config import checked
 from clipheads.core.task import TaskConfig
+
+DATASETS = ("folder", "cifar10", "cifar100")
 
 
 @dataclass
@@ -13,17 +16,17 @@ class ProbeConfig:
 
     c_min_exp: float = -6.0
     c_max_exp: float = 6.0
-    c_steps: int = 13
-    val_fraction: float = 0.2
-    max_iter: int = 1000
-    seed: int = 0
+    c_steps: int = checked(13, ge=1)
+    val_fraction: float = checked(0.2, gt=0.0, lt=1.0)
+    max_iter: int = checked(1000, ge=1)
+    seed: int = checked(0, ge=0)
 
 
 @dataclass
 class ClassifyConfig(TaskConfig):
     data: str | None = None        # train/eval: ImageFolder root (train/, test/ or val/) or a CIFAR root
-    dataset: str = "folder"        # folder | cifar10 | cifar100
+    dataset: str = checked("folder", choices=DATASETS)
     templates: str = "imagenet80"
-    top_k: int = 5
-    batch_size: int = 64
+    top_k: int = checked(5, ge=1)
+    batch_size: int = checked(64, ge=1)
     probe: ProbeConfig = field(default_factory=ProbeConfig)

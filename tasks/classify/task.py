@@ -9,20 +9,18 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from clipheads.core.cli_args import add_label_arguments
+from clipheads.core.cli_args import add_label_arguments, positive_int
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task
 
-from .config import ClassifyConfig
+from .config import DATASETS, ClassifyConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
     from clipheads.core.runtime import TrainReport
-
-DATASETS = ("folder", "cifar10", "cifar100")
 
 
 @dataclasses.dataclass
@@ -56,7 +54,7 @@ class ClassifyTask(Task):
                 parser.add_argument("--probe", type=Path, help="evaluate a trained probe folder")
         parser.add_argument("--templates", help="template set: single, imagenet80, cifar18, vild63")
         if action != "train":
-            parser.add_argument("--top", type=int, help="how many labels to report per image")
+            parser.add_argument("--top", type=positive_int, help="how many labels to report per image")
 
     def _templates(self, templates: str | None = None) -> str:
         return templates or self.cfg.templates

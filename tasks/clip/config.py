@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipheads.core.config import checked
 from clipheads.core.engine import TrainConfig
 from clipheads.core.errors import UserError
 from clipheads.core.task import TaskConfig
@@ -20,6 +21,8 @@ def _tiny_model() -> dict[str, Any]:
 
 
 SOURCES = ("tiny-world", "shards")
+POSITIVE_MODEL_KEYS = ("image_size", "layers", "width", "head_width", "patch_size", "mlp_ratio",
+                       "context_length", "vocab_size", "heads")
 
 
 @dataclass
@@ -29,24 +32,20 @@ class ClipData:
     layout (`shards`: a path or brace pattern, e.g. data/train-{000000..000099}.tar),
     streamed, split across ranks and workers, and resumed exactly."""
 
-    source: str = "tiny-world"
+    source: str = checked("tiny-world", choices=SOURCES)
     shards: str | None = None      # source=shards: the shard path pattern
-    shuffle_buffer: int = 1000     # source=shards: samples in the shuffle buffer (0 = stream order)
-    shard_samples: int | None = None  # source=shards: samples per epoch, for progress (else _stats.json)
-    n_train: int = 20000
-    scene_size: int = 96           # held-out evaluation scenes (resized by the model's preprocessing)
-    render_workers: int = 2        # processes that render the training pairs up front
-    single_fraction: float = 0.5   # share of one-object scenes (their caption is a class name)
-    eval_per_class: int = 8        # held-out single-object images per class for zero-shot eval
+    shuffle_buffer: int = checked(1000, ge=0)   # source=shards: samples in the shuffle buffer (0 = stream order)
+    shard_samples: int | None = checked(None, ge=1)  # source=shards: samples per epoch, for progress (else _stats.json)
+    n_train: int = checked(20000, ge=1)
+    scene_size: int = checked(96, ge=16)   # held-out evaluation scenes (resized by the model's preprocessing)
+    render_workers: int = checked(2, ge=0)  # processes that render the training pairs up front
+    single_fraction: float = checked(0.5, ge=0.0, le=1.0)  # share of one-object scenes (captioned by class name)
+    eval_per_class: int = checked(8, ge=1)  # held-out single-object images per class for zero-shot eval
 
     def validate(self) -> "ClipData":
-        if self.source not in SOURCES:
-            raise UserError(f"data.source={self.source!r}: use {' or '.join(SOURCES)}")
         if self.source == "shards" and not self.shards:
             raise UserError("data.source=shards needs data.shards, e.g. "
                             "--set 'data.shards=data/train-{000000..000009}.tar'")
-        if self.shuffle_buffer < 0:
-            raise UserError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}")
         return self
 
 
@@ -60,3 +59,28 @@ class ClipConfig(TaskConfig):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=6000, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_steps=200,
         schedule="cosine", clip_grad=1.0, eval_every=500, ckpt_every=500, log_every=50))
+
+    def validate(self) -> "ClipConfig":
+        """The open_clip model mapping and the preprocessing, checked before anything is built."""
+        if not _positive_int(self.model.get("embed_dim")):
+            raise UserError(f"model.embed_dim={self.model.get('embed_dim')!r}: must be an integer >= 1")
+        for tower in ("vision_cfg", "text_cfg"):
+            cfg = self.model.get(tower)
+            if not isinstance(cfg, dict):
+                raise UserError(f"model.{tower} must be a mapping of open_clip {tower} fields")
+            for key in POSITIVE_MODEL_KEYS:
+                value = cfg.get(key)
+                if key in cfg and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                    raise UserError(f"model.{tower}.{key}={value!r}: must be a number > 0")
+        for key in ("mean", "std"):
+            value = self.preprocess.get(key)
+            if not (isinstance(value, list) and len(value) == 3
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise UserError(f"preprocess.{key}={value!r}: must be 3 numbers (one per RGB channel)")
+        if any(v <= 0 for v in self.preprocess["std"]):
+            raise UserError(f"preprocess.std={self.preprocess['std']!r}: every entry must be > 0")
+        return self
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

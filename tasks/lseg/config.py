@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipheads.core.config import Check, checked
 from clipheads.core.engine import TrainConfig
 from clipheads.core.errors import UserError
 from clipheads.core.task import TaskConfig
@@ -38,17 +39,17 @@ class ModelConfig:
     """Architecture of the head. `layers`, `channels` and `strides` have one entry per
     tapped block; strides are output strides w.r.t. the input (the paper: 4, 8, 16, 32)."""
 
-    encoder: str = "clip"                  # clip: the core FrozenCLIP; timm: a timm ViT
+    encoder: str = checked("clip", choices=ENCODERS)  # clip: the core FrozenCLIP; timm: a timm ViT
     layers: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
-    readout: str = "project"
-    channels: list[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
-    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    features: int = 256
+    readout: str = checked("project", choices=READOUTS)
+    channels: list[int] = checked(default_factory=lambda: [256, 512, 1024, 1024], each=Check(ge=1))
+    strides: list[int] = checked(default_factory=lambda: [4, 8, 16, 32], each=Check(ge=1))
+    features: int = checked(256, ge=1)
     use_bn: bool = True                    # BatchNorm in the residual conv units (LSegNet)
-    arch_option: int = 0                   # 0 none, 1 bottleneck, 2 depthwise spatial regularisation
-    block_depth: int = 0
-    activation: str = "lrelu"              # of the spatial regularisation blocks
-    temperature: float = 0.07              # logits = cos / temperature (fixed, not learned)
+    arch_option: int = checked(0, choices=(0, 1, 2))  # 0 none, 1 bottleneck, 2 depthwise spatial regularisation
+    block_depth: int = checked(0, ge=0)
+    activation: str = checked("lrelu", choices=ACTIVATIONS)  # of the spatial regularisation blocks
+    temperature: float = checked(0.07, gt=0.0)  # logits = cos / temperature (fixed, not learned)
     unlock: list[str] = field(default_factory=list)   # FrozenCLIP.unlock groups to fine-tune
     timm: TimmConfig = field(default_factory=TimmConfig)
 
@@ -90,21 +91,21 @@ class DataConfig:
     (images/<split>/NAME.jpg + annotations/<split>/NAME.png); class names come from
     `labels`, `labels_file`, or a labels.txt / objectInfo150 file in the root."""
 
-    source: str = "tiny-world"
+    source: str = checked("tiny-world", choices=("tiny-world", "folder"))
     root: str | None = None
     train_split: str = "training"
     val_split: str = "validation"
     labels: list[str] = field(default_factory=list)
     labels_file: str | None = None
     reduce_zero_label: bool = True         # ADE20K: 0 = ignore, k -> k-1
-    ignore_index: int = 255
-    n_train: int = 2000
-    n_val: int = 64
-    scene_size: int = 128
+    ignore_index: int = checked(255, ge=0, le=255)
+    n_train: int = checked(2000, ge=1)
+    n_val: int = checked(64, ge=1)
+    scene_size: int = checked(128, ge=16)
     background: str = "background"
     heldout: list[str] = field(default_factory=list)
-    heldout_mode: str = "drop"
-    render_workers: int = 2
+    heldout_mode: str = checked("drop", choices=HELDOUT_MODES)
+    render_workers: int = checked(2, ge=0)
 
     def validate(self) -> "DataConfig":
         if self.source not in ("tiny-world", "folder"):
@@ -121,11 +122,17 @@ class AugmentConfig:
     """Training crops: long side resized to base_size x U(scale_min, scale_max), random
     horizontal flip, padded (mask: ignore) and randomly cropped to crop_size."""
 
-    base_size: int = 520
-    crop_size: int = 480
-    scale_min: float = 0.5
-    scale_max: float = 2.0
+    base_size: int = checked(520, ge=1)
+    crop_size: int = checked(480, ge=1)
+    scale_min: float = checked(0.5, gt=0.0)
+    scale_max: float = checked(2.0, gt=0.0)
     flip: bool = True
+
+    def validate(self) -> "AugmentConfig":
+        if self.scale_min > self.scale_max:
+            raise UserError(f"augment.scale_min={self.scale_min} > augment.scale_max={self.scale_max}; "
+                            "the random scale is drawn from [scale_min, scale_max]")
+        return self
 
 
 @dataclass
@@ -134,15 +141,16 @@ class InferConfig:
     side base_size x scale, sliding crop_size windows at `stride`, horizontal flip, logits
     summed). Sizes left at null come from the head's own description (lseg_head.json)."""
 
-    size: int | None = None
+    size: int | None = checked(None, ge=1)
     multi_scale: bool = False
-    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
-    base_size: int | None = None
-    crop_size: int | None = None
-    stride: int | None = None
+    scales: list[float] = checked(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
+                                  min_len=1, each=Check(gt=0.0))
+    base_size: int | None = checked(None, ge=1)
+    crop_size: int | None = checked(None, ge=1)
+    stride: int | None = checked(None, ge=1)
     flip: bool = True
-    batch_size: int = 2                    # windows per forward pass (x2 with flip)
-    max_elements: int = 1 << 25            # cap on label x pixel floats when upsampling to the input
+    batch_size: int = checked(2, ge=1)     # windows per forward pass (x2 with flip)
+    max_elements: int = checked(1 << 25, ge=1)           # cap on label x pixel floats when upsampling to the input
 
     def resolved(self, defaults: dict[str, Any]) -> "InferConfig":
         """A copy with null sizes taken from `defaults` (a head's `infer` entry)."""
@@ -161,17 +169,17 @@ class InferConfig:
 class EvalConfig:
     """Evaluation sets: tiny-world test scenes, or PASCAL-5i zero-shot episodes."""
 
-    n_scenes: int = 200
-    folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    episodes: int = 1000                   # per fold, as HSNet/LSeg (query list cycled)
-    limit: int | None = None               # evaluate at most this many images (folder data)
+    n_scenes: int = checked(200, ge=1)
+    folds: list[int] = checked(default_factory=lambda: [0, 1, 2, 3], min_len=1, each=Check(choices=(0, 1, 2, 3)))
+    episodes: int = checked(1000, ge=1)    # per fold, as HSNet/LSeg (query list cycled)
+    limit: int | None = checked(None, ge=1)              # evaluate at most this many images (folder data)
 
 
 @dataclass
 class LSegConfig(TaskConfig):
     head: str | None = None                # trained head folder/file; None: bundled tiny head
     templates: str | None = None           # a template set name or a format string with '{}'
-    head_lr_mult: float = 10.0             # decoder/head lr = train.lr x this (the paper: 10)
+    head_lr_mult: float = checked(10.0, gt=0.0)            # decoder/head lr = train.lr x this (the paper: 10)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
