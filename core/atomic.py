@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+from .errors import UserError
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -53,7 +55,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write `path` through (for writers that want a file name:
     safetensors, PIL, PyAV); on success it replaces `path`, on any error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: a directory is in the way; move it or choose another --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create folder {path.parent} ({exc.strerror or exc}); choose another --out") from exc
     tmp = temp_path(path)
     try:
         yield tmp
@@ -63,6 +70,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         _chmod_like_new_file(tmp)
         os.replace(tmp, path)
+    except OSError as exc:  # full disk, read-only folder, a directory in the way
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); free space or choose another --out") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

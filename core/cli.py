@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_args import ensure_writable_dir, read_labels
+from .cli_args import check_writable_dir, read_labels
 from .config import list_configs, load_config, resolve_config_path, save_config
 from .device import check_device_spec
 from .errors import UserError, close_matches
@@ -85,8 +85,9 @@ def _common_options(p: argparse.ArgumentParser, cls: type, action: str) -> None:
     g.add_argument("--json", action="store_true", help="print results as JSON (one object per line)")
     if action == "train":
         t = p.add_argument_group("training")
-        t.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint")
+        t.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CKPT",
+                       help="continue the run in --out from its newest readable checkpoint, "
+                            "or from the checkpoint file CKPT")
         if getattr(cls, "installable", False):
             t.add_argument("--install", action="store_true",
                            help="ship the result as this head's bundled tiny-world artifact")
@@ -190,11 +191,12 @@ def _chosen_keys(args: argparse.Namespace) -> set[str]:
 def _run_task(args: argparse.Namespace) -> int:
     task = _build_task(args)
     opts = task_options(args)
+    if args.out is not None:
+        check_writable_dir(args.out)
     task.ctx.device  # noqa: B018 - a missing GPU is refused before any file or model is touched
     if args.action == "train":
         task.apply_options("train", **opts)
         task.check_training(getattr(args, "install", False))
-        ensure_writable_dir(args.out)
         report = task.train(args.out, resume=args.resume, install=getattr(args, "install", False))
         if not report.is_main:
             return 0

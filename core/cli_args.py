@@ -49,6 +49,24 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def check_writable_dir(path: Path) -> Path:
+    """Refuse an output folder that could not be created or written, without creating
+    anything (the folder appears only when work starts)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"output directory {path} is not writable ({probe} is a file, not a folder); "
+                        "choose another --out")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {path} is not writable (no write permission on {probe}); "
+                        "choose another --out")
+    return path
+
+
 def ensure_writable_dir(path: Path) -> Path:
     """Create `path` (and parents) and prove it is writable, before any work starts."""
     try:

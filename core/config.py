@@ -18,7 +18,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from .atomic import atomic_write_text
-from .errors import UserError, close_matches
+from .errors import UserError, close_matches, first_line
 
 T = TypeVar("T")
 
@@ -188,7 +188,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise UserError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({first_line(exc)}); "
                             "quote it, e.g. --set 'key=[1, 2]'") from exc
     return data
 
@@ -228,8 +228,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read config {path}: {reason}; pass a YAML text file") from exc
+        raise UserError(f"cannot read config {path}: {first_line(exc)}; pass a YAML text file") from exc
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping at the top level")
     return data

@@ -16,6 +16,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for an error message (its type when it has no text)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' (did you mean: a, b?)' suffix for error messages, or '' when nothing is close."""
     matches = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -20,8 +20,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cli_args import ensure_writable_dir
 from .config import save_config
-from .errors import UserError
+from .errors import UserError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .task import Task
@@ -59,7 +60,7 @@ def _overrides(task: "Task", method: str) -> bool:
     return getattr(type(task), method) is not getattr(Task, method)
 
 
-def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool = False,
+def run_training(task: "Task", out: Path, *, resume: bool | str | Path = False, install: bool = False,
                  progress: bool = True) -> TrainReport:
     """Train `task`'s module into `out`; see the module docstring for who does what."""
     import torch
@@ -77,6 +78,8 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
     device = task.ctx.device
     dist = D.init_distributed(device="cpu" if device.type == "cpu" else "cuda")
     data = task.train_data()
+    if dist.is_main:  # created only now that the config and the data have been checked
+        ensure_writable_dir(out)
     seed_everything(cfg.seed)  # the same initial weights on every rank and in every rerun
     module = task.build_model()
     if dist.is_distributed:
@@ -92,7 +95,7 @@ def run_training(task: "Task", out: Path, *, resume: bool = False, install: bool
     except RuntimeError as exc:
         if dist.is_distributed and _lost_peer(exc):
             raise UserError(f"rank {dist.rank} lost contact with another rank during training "
-                            f"({_first_line(exc)}); {resume_hint(out)}") from exc
+                            f"({first_line(exc)}); {resume_hint(out)}") from exc
         raise
     module = trainer.module.eval()
     report = TrainReport(task.name, out, trainer.step, dist.world_size, dist.is_main,
@@ -129,11 +132,6 @@ def _lost_peer(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return any(mark in text for mark in _PEER_FAILURE)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def resume_hint(out: Path) -> str:

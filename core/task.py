@@ -163,9 +163,10 @@ class Task:
         return []
 
     # training -----------------------------------------------------------------------------
-    def train(self, out: str | Path, *, resume: bool = False, install: bool = False,
+    def train(self, out: str | Path, *, resume: bool | str | Path = False, install: bool = False,
               progress: bool | None = None) -> "TrainReport":
-        """Train this head into `out` with the core runtime (see `clipheads.core.runtime`)."""
+        """Train this head into `out` with the core runtime (see `clipheads.core.runtime`);
+        `resume=True` continues from the newest readable checkpoint, a path from that file."""
         if "train" not in self.actions:
             raise UserError(f"task '{self.name}' has no train action")
         from .runtime import run_training

@@ -34,7 +34,7 @@ import open_clip
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = False) -> Checkp
         raise
     except Exception as exc:  # torch/safetensors raise many types for truncated files
         raise UserError(f"cannot read weights file {path}: truncated or corrupt "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from exc
+                        f"({type(exc).__name__}: {first_line(exc, 120)})") from exc
     prefixed = bool(state) and next(iter(state)).startswith("module.")
     if prefixed:
         state = {k[len("module."):]: v for k, v in state.items()}

@@ -90,6 +90,8 @@ def open_image(path: str | os.PathLike[str], exif: bool = True) -> Image.Image:
         raise MissingSample(p, "image file")
     if p.is_dir():
         raise CorruptSample(p, "is a directory, not an image file", fix="pass an image file")
+    if not p.is_file():  # a FIFO or device would block or stream forever
+        raise CorruptSample(p, "is not a regular file (a pipe or device)", fix="pass an image file")
     try:
         with open(p, "rb") as fh:
             return _decode(fh, p, exif)

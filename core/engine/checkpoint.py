@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from clipheads.core.atomic import atomic_link, atomic_save, atomic_write_text, is_temp_name
-from clipheads.core.errors import UserError
+from clipheads.core.errors import UserError, first_line
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointDir", "atomic_save", "atomic_write_text",
            "load_checkpoint"]
@@ -31,7 +31,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, foreign pickle, zip error ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(
             f"checkpoint {path} cannot be read ({reason[:200]}); "
             "it is corrupt or not a clipheads training checkpoint; resume from another one"
@@ -86,6 +86,15 @@ class CheckpointDir:
                 return target
         found = self.steps()
         return found[-1][1] if found else None
+
+    def newest_first(self) -> list[Path]:
+        """Resume candidates: the `last` pointer's file, then step files from the newest."""
+        order = [p for _, p in reversed(self.steps())]
+        last = self.last()
+        if last is not None and last in order:
+            order.remove(last)
+            order.insert(0, last)
+        return order
 
     def has_checkpoints(self) -> bool:
         return bool(self.steps()) or self.best_path.is_file()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from clipheads.core.errors import UserError, close_matches
+from clipheads.core.errors import UserError, close_matches, first_line
 
 from . import distributed as D
 from clipheads.core.atomic import atomic_write_text
@@ -193,32 +193,48 @@ class Trainer:
     # ------------------------------------------------------------------ setup / resume
     def _prepare(self, resume: Union[bool, str, Path], strict: bool) -> bool:
         """Load the checkpoint to resume from (or seed a fresh run); True when resumed."""
-        path: Optional[Path]
+        candidates: list[Path]
         if resume is False or resume is None:
             if self.ckpts.has_checkpoints():
                 raise UserError(
                     f"{self.out_dir} already holds checkpoints of a run; pass resume=True "
                     "(--resume) to continue it, or choose another out_dir"
                 )
-            path = None
+            candidates = []
         elif resume is True:
-            path = self.ckpts.last()
+            candidates = self.ckpts.newest_first()
         else:
-            path = Path(resume)
-        if self.is_main:
+            candidates = [Path(resume)]
+        resumed = self._load_first(candidates, strict) if candidates else False
+        if not resumed:
+            seed_everything(self.cfg.seed + self.dist.rank)
+        if self.is_main:  # only now: a refused resume leaves the run folder as it was
             self.ckpts.clean_tmp()
             run_cfg = {"train": self.cfg.to_dict(), "config": _jsonable(self.config_dict),
                        "world_size": self.dist.world_size}
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out_dir / "run_config.json", json.dumps(run_cfg, indent=2) + "\n")
-        if path is None:
-            seed_everything(self.cfg.seed + self.dist.rank)
-            return False
-        self._load(path, strict)
-        return True
+        return resumed
 
-    def _load(self, path: Path, strict: bool) -> None:
-        state = load_checkpoint(path)
+    def _load_first(self, candidates: list[Path], strict: bool) -> bool:
+        """Resume from the first candidate that reads; unreadable ones are skipped with a
+        warning when there is an older one to fall back to. A readable checkpoint of another
+        recipe stops the run (that is a choice for the user, not a fallback)."""
+        for i, path in enumerate(candidates):
+            try:
+                state = load_checkpoint(path)
+            except UserError as exc:
+                if i == len(candidates) - 1:
+                    raise
+                if self.is_main:
+                    log.warning("skipping checkpoint %s: %s; trying %s", path, exc, candidates[i + 1])
+                continue
+            self._load(path, strict, state)
+            return True
+        return False
+
+    def _load(self, path: Path, strict: bool, state: Optional[dict[str, Any]] = None) -> None:
+        state = load_checkpoint(path) if state is None else state
         changes = check_fingerprint(state.get("fingerprint", {}), self.fingerprint, path, strict)
         if changes and self.is_main:
             log.warning("resuming %s with changes (not exact): %s", path, "; ".join(changes))
@@ -227,7 +243,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(f"checkpoint {path} does not fit this trainer ({first[:200]}); "
                             "resume with the model/config that wrote it") from e
         if self.scaler is not None and state.get("scaler"):

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CLIPHEADS_CACHE", Path.home() / ".cache" / "clipheads"))
+    """$CLIPHEADS_CACHE, or ~/.cache/clipheads when it is unset or empty (an empty value
+    must not mean 'the working directory')."""
+    return Path(os.environ.get("CLIPHEADS_CACHE") or Path.home() / ".cache" / "clipheads")
 
 
 def _weights_key(backbone) -> str:

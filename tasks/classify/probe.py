@@ -35,11 +35,16 @@ class LinearProbe:
     def load(cls, folder: Path) -> "LinearProbe":
         try:
             tensors = load_file(str(folder / "probe.safetensors"))
-            meta = json.loads((folder / "probe.json").read_text())
-        except Exception as exc:
-            raise UserError(f"cannot read linear probe from {folder} ({type(exc).__name__}); "
+            meta = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+            probe = cls(tensors["weight"], tensors["bias"], list(meta["classes"]), float(meta["C"]))
+        except Exception as exc:  # missing files, bad json, missing keys: one line either way
+            what = f"missing key {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+            raise UserError(f"cannot read linear probe from {folder} ({what}); "
                             "pass the --out folder of 'clipheads classify train'") from exc
-        return cls(tensors["weight"], tensors["bias"], meta["classes"], meta["C"])
+        if probe.weight.ndim != 2 or probe.weight.shape[0] != len(probe.classes):
+            raise UserError(f"linear probe {folder} has {probe.weight.shape[0]} rows for "
+                            f"{len(probe.classes)} classes; retrain it with 'clipheads classify train'")
+        return probe
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float,

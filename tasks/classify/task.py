@@ -131,7 +131,7 @@ class ClassifyTask(Task):
             raise UserError(f"dataset={self.cfg.dataset!r}: use one of {', '.join(DATASETS)}")
         return load_split(Path(self.cfg.data), split, self.cfg.dataset, classes)
 
-    def train(self, out: str | Path, *, resume: bool = False, install: bool = False,
+    def train(self, out: str | Path, *, resume: bool | str | Path = False, install: bool = False,
               progress: bool | None = None) -> "TrainReport":
         """The linear probe: L-BFGS logistic regression on frozen features (no SGD steps, so
         nothing to resume: `resume` refits)."""
@@ -139,14 +139,15 @@ class ClassifyTask(Task):
 
         from .data import extract_features
         from .probe import train_probe
+        from clipheads.core.cli_args import check_writable_dir
+        from clipheads.core.config import save_config
         self.check_training(install)
-        out = Path(out)
+        out = check_writable_dir(Path(out))
         bb = self.ctx.backbone
         train = self._split("train")
         x, y, skipped = extract_features(bb, train, self.cfg.batch_size)
         probe, info = train_probe(x, y, train.classes, self.cfg.probe)
         probe.save(out)
-        from clipheads.core.config import save_config
         save_config(self.cfg, out / "classify_train_config.yaml", self.name)
         return TrainReport(self.name, out, 0, metrics={"train_images": len(y), **info},
                            exported=out, skipped=len(skipped))

@@ -19,7 +19,7 @@ import open_clip
 import torch
 
 from clipheads.core.atomic import atomic_path
-from clipheads.core.errors import UserError
+from clipheads.core.errors import UserError, first_line
 
 from .config import ModelConfig, TimmConfig
 
@@ -65,7 +65,7 @@ def load_official(path: str | Path, trust_pickle: bool = False) -> dict[str, tor
             raise UserError(f"{path} pickles objects besides tensors; if you trust the file, rerun with "
                             "--trust-pickle (loading it may run code)") from exc
         raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]})") from exc
+                        f"{first_line(exc, 160)})") from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not any(k.startswith(PREFIX) for k in state):
         raise UserError(f"{path} is not an official LSeg checkpoint: no '{PREFIX}*' keys in its state dict")

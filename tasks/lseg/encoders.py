@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipheads.core.errors import UserError
+from clipheads.core.errors import UserError, first_line
 
 Features = tuple[list[torch.Tensor], list[torch.Tensor] | None]
 
@@ -128,7 +128,7 @@ class TimmViTEncoder(nn.Module):
             self.vit = timm.create_model(name, pretrained=False, num_classes=0, **(kwargs or {}))
         except Exception as exc:
             raise UserError(f"cannot build timm model '{name}' ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:120]}); check model.timm.name/kwargs") from exc
+                            f"{first_line(exc, 120)}); check model.timm.name/kwargs") from exc
         for attr in ("cls_token", "pos_embed", "blocks", "patch_embed"):
             if getattr(self.vit, attr, None) is None:
                 raise UserError(f"timm model '{name}' is not a plain ViT with a class token "
