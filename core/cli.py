@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from .cli_args import check_writable_dir, read_labels
 from .config import list_configs, load_config, resolve_config_path, save_config
 from .device import check_device_spec
+from .jsonout import json_safe
 from .errors import UserError, close_matches
 from .registry import TASKS
 
@@ -215,7 +216,7 @@ def _present(task: Any, action: str, result: Any, as_json: bool) -> None:
         return
     if as_json:
         for item in result if isinstance(result, list) else [result]:
-            print(json.dumps(item))
+            print(json.dumps(json_safe(item), allow_nan=False))
         return
     lines = task.describe(action, result)
     for line in lines or [json.dumps(result)]:

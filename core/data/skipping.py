@@ -98,3 +98,18 @@ def skip_none_collate(batch: Sequence[Any], collate: Callable[[list[Any]], Any] 
     """DataLoader `collate_fn`: drop None samples, collate the rest; None if none are left."""
     kept = drop_none(batch)
     return collate(kept) if kept else None
+
+
+class SkipNoneCollate:
+    """`skip_none_collate` that also gives None when fewer than `min_samples` remain: a
+    training batch shrunk to one sample by skipped files would break BatchNorm (one value
+    per channel at coarse scales), so the head sees no batch (a zero loss) instead. A class,
+    so DataLoader workers can pickle it."""
+
+    def __init__(self, min_samples: int = 1, collate: Callable[[list[Any]], Any] = default_collate):
+        self.min_samples = min_samples
+        self.collate = collate
+
+    def __call__(self, batch: Sequence[Any]) -> Any:
+        kept = drop_none(batch)
+        return self.collate(kept) if len(kept) >= max(1, self.min_samples) else None
