@@ -10,19 +10,19 @@ setting is put back afterwards. Each head's own demo budget lives in its config.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from .atomic import atomic_write_text
-from .cli_args import ensure_writable_dir
+from .cli_args import check_writable_dir, ensure_writable_dir
 from .config import list_configs, load_config, resolve_config_path
 from .errors import UserError
 from .registry import TASKS
@@ -35,7 +35,7 @@ MAX_THREADS = 4             # the tiny models gain nothing from more
 SAMPLE_SECONDS = 0.15       # how long the idle cores are sampled before each head
 
 
-@dataclass
+@dataclasses.dataclass
 class HeadRun:
     """One head's gallery section and what it cost."""
 
@@ -46,7 +46,7 @@ class HeadRun:
     threads: int
 
 
-@dataclass
+@dataclasses.dataclass
 class DemoRun:
     """The written gallery and every head's wall time."""
 
@@ -178,6 +178,8 @@ def run_head(name: str, examples: list[Path], out: Path, device: str = "cpu",
              overrides: Sequence[str] = (), threads: int | None = None) -> HeadRun | None:
     """One head's demo into `out/<name>/` under its own thread count; None when it has none."""
     task = _task_for_demo(name, device, overrides)
+    if type(task).demo is Task.demo:  # no demo: no folder, no idle-core sampling
+        return None
     n = _threads_for_head(threads)
     folder = ensure_writable_dir(out / name)
     start = time.perf_counter()
@@ -188,7 +190,7 @@ def run_head(name: str, examples: list[Path], out: Path, device: str = "cpu",
         folder.rmdir()
     if not items:
         return None
-    rel = [DemoItem(i.title, [str(Path(name) / p) for p in i.images], i.lines) for i in items]
+    rel = [dataclasses.replace(i, images=[str(Path(name) / p) for p in i.images]) for i in items]
     return HeadRun(name, type(task).summary, rel, seconds, n)
 
 
@@ -267,7 +269,7 @@ def build_gallery(out: Path, device: str = "cpu", *, heads: Sequence[str] | None
     `threads` fixes the torch thread count instead of sampling the idle cores per head."""
     overrides = dict(overrides or {})
     names = _head_names(heads, overrides)
-    ensure_writable_dir(out)
+    check_writable_dir(out)  # created by the first head that writes
     start = time.perf_counter()
     startup, runs = _run_heads(names, out, device, overrides, threads, progress)
     if not runs:

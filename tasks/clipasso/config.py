@@ -87,9 +87,21 @@ class OutputConfig:
 
 
 @dataclass
+class DemoConfig:
+    """`clipheads demo`'s budget: the gallery must stay quick on a busy laptop, so the demo
+    may sketch with less than the config's own setting. None keeps the config's value."""
+
+    strokes: int | None = None
+    iterations: int | None = None
+    seeds: int | None = None
+    lr: float | None = None
+
+
+@dataclass
 class ClipassoConfig(TaskConfig):
     strokes: StrokeConfig = field(default_factory=StrokeConfig)
     init: InitConfig = field(default_factory=InitConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)

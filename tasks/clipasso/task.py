@@ -184,21 +184,49 @@ class ClipassoTask(Task):
                 f"target images {result['target_top1']:.3f} (chance {result['chance']:.3f})"]
 
     def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
-        """Sketch two bundled single-shape examples with the tiny-world config."""
+        """Sketch two bundled single-shape examples within the config's demo budget."""
         from .recognition import shape_probabilities
+        from .sketcher import Sketcher
         chosen = [p for p in examples if p.name in DEMO_IMAGES] or examples[:2]
-        sketcher = self.sketcher()
+        cfg = self._demo_config()
+        sketcher = Sketcher(cfg, self.ctx.backbone, self._saliency_backbone())
         items = []
         for path in chosen:
-            sk = sketcher.sketch(self.load_target(path, canvas=sketcher.canvas))
+            sk = sketcher.sketch(self.load_target(path, canvas=sketcher.canvas), progress=self.ctx.progress)
             files = self.write(sk, sketcher, out, f"{path.stem}_sketch")
             shutil.copy2(path, out / path.name)
             probs, labels = shape_probabilities(sketcher.backbone, self.ctx.text_bank,
                                                 sk.best, sk.size, sketcher.rasteriser)
             top = int(probs[0].argmax())
-            r = sk.result
             items.append(DemoItem(path.stem, [path.name, files["png"].name], [
-                f"{self.cfg.strokes.count} strokes, {r.iterations} iterations, {self.cfg.optim.seeds} seeds "
-                f"(best seed {r.best_seed}, loss {float(r.losses[r.best_seed]):.3f})",
+                *_demo_run_lines(cfg, self.cfg, sk),
                 f"tiny CLIP reads the sketch as: {labels[top]} ({float(probs[0, top]):.2f})"]))
         return items
+
+    def _demo_config(self) -> ClipassoConfig:
+        """The config with the demo budget applied: strokes, iterations and seeds are capped
+        (a caller's smaller values stay), the learning rate replaced when the budget sets one."""
+        import copy
+        cfg, d = copy.deepcopy(self.cfg), self.cfg.demo
+        for value, section, key in ((d.strokes, cfg.strokes, "count"), (d.iterations, cfg.optim, "iterations"),
+                                    (d.seeds, cfg.optim, "seeds")):
+            if value is not None:
+                setattr(section, key, min(value, getattr(section, key)))
+        if d.lr is not None:
+            cfg.optim.lr = d.lr
+        return cfg
+
+
+def _demo_run_lines(run: ClipassoConfig, full: ClipassoConfig, sk: "Sketch") -> list[str]:
+    """What the demo ran, said plainly, and how it differs from the config's own run."""
+    o, result = run.optim, sk.result
+    done = f"stopped early after {result.iterations} of {o.iterations}" if result.stopped_early \
+        else f"{result.iterations}"
+    lines = [f"{run.strokes.count} strokes, {done} iterations (lr {o.lr:g}), {o.seeds} seeds: "
+             f"best seed {result.best_seed}, loss {float(result.losses[result.best_seed]):.3f}"]
+    cut = [f"{name} {b} (config {a})" for name, a, b in (
+        ("strokes", full.strokes.count, run.strokes.count), ("iterations", full.optim.iterations, o.iterations),
+        ("seeds", full.optim.seeds, o.seeds), ("lr", f"{full.optim.lr:g}", f"{o.lr:g}")) if a != b]
+    if cut:
+        lines.append(f"demo budget: {', '.join(cut)}")
+    return lines

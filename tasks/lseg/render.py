@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import colorsys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from clipheads.core.atomic import atomic_path
 
@@ -41,6 +42,30 @@ def overlay(image: Image.Image, mask: np.ndarray, num_labels: int, alpha: float 
     colours = palette(num_labels)[mask]
     colours[boundaries(mask)] = 255
     return Image.blend(image.convert("RGB"), Image.fromarray(colours, "RGB"), alpha)
+
+
+def legend(names: Sequence[str], colours: np.ndarray, height: int | None = None,
+           row: int = 22) -> Image.Image:
+    """Each name next to a swatch of its overlay colour, one row each, so an overlay reads
+    without knowing the palette. `height` pins the picture's height (rows shrink to fit),
+    so a gallery that shows pictures at one height draws the text at its own size."""
+    if len(names) != len(colours):
+        raise ValueError(f"{len(names)} names for {len(colours)} colours")
+    pad = 4
+    if height is not None:
+        row = max(8, min(row, (height - 2 * pad) // max(len(names), 1)))
+    font = ImageFont.load_default(size=max(8, round(row * 0.62)))
+    swatch = row - 6
+    text_w = max((int(font.getlength(n)) for n in names), default=0)
+    size = (pad * 3 + swatch + text_w, height or 2 * pad + row * len(names))
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        top = pad + i * row + 3
+        draw.rectangle([pad, top, pad + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in colour),
+                       outline=(120, 120, 120))
+        draw.text((2 * pad + swatch, top + swatch / 2), name, fill="black", font=font, anchor="lm")
+    return image
 
 
 def save_png(image: Image.Image, path: Path) -> Path:

@@ -400,28 +400,57 @@ class LSegTask(Task):
         return [_format(_headline(result))]
 
     def demo(self, examples: list[Path], out: Path) -> list[DemoItem] | None:
-        """The bundled tiny head on the example images, every shape name as a label."""
+        """The bundled tiny head on the example images, every shape name as a label. Each
+        overlay comes with its colour legend, and a first cell says which shapes the head
+        never saw in training (it finds those through CLIP's text embeddings alone)."""
         import shutil
+
+        import numpy as np
 
         from clipheads.core.data.images import load_image
         from clipheads.core.tinyworld import CATEGORIES
 
-        from .render import overlay, save_png
+        from .render import overlay, palette, save_png
+        from .weights import bundled_head_dir, read_info
         labels = [self.cfg.data.background, *CATEGORIES]
         try:
+            heldout = read_info(Path(self.cfg.head or bundled_head_dir())).heldout
             results = self.predict(examples, labels)
         except UserError as exc:
             log.warning("lseg demo skipped: %s", exc)
             return None
-        items = []
+        names = [f"{n} (held out)" if n in heldout else n for n in labels]
+        colours = palette(len(labels))
+        items = [_demo_labels_item(names, colours, heldout, out)]
         for path, seg in zip(examples, results):
             shutil.copy2(path, out / path.name)
-            name = f"{path.stem}_overlay.png"
+            name, key = f"{path.stem}_overlay.png", f"{path.stem}_legend.png"
             save_png(overlay(load_image(path), seg.mask, len(labels)), out / name)
+            present = np.unique(seg.mask)
+            _save_legend([names[i] for i in present], colours[present], out / key)
             frac = {k: v for k, v in seg.fractions.items() if k != labels[0] and v >= 0.01}
-            lines = [f"{k}: {v:.0%}" for k, v in sorted(frac.items(), key=lambda kv: -kv[1])[:3]]
-            items.append(DemoItem(path.stem, [path.name, name], lines or ["(background only)"]))
+            lines = [f"{k}: {v:.0%}" + (" (held out)" if k in heldout else "")
+                     for k, v in sorted(frac.items(), key=lambda kv: -kv[1])[:3]]
+            items.append(DemoItem(path.stem, [path.name, name, key], lines or ["(background only)"]))
         return items
+
+
+def _save_legend(names: list[str], colours: "np.ndarray", path: Path) -> None:
+    """A legend PNG drawn at the gallery's picture height, so its text is not rescaled."""
+    from clipheads.core.demo import GALLERY_IMAGE_HEIGHT
+
+    from .render import legend, save_png
+    save_png(legend(names, colours, height=GALLERY_IMAGE_HEIGHT), path)
+
+
+def _demo_labels_item(names: list[str], colours: "np.ndarray", heldout: list[str], out: Path) -> DemoItem:
+    """The gallery's first lseg cell: every label's colour and the classes held out of training."""
+    _save_legend(names, colours, out / "labels_legend.png")
+    if not heldout:
+        return DemoItem("labels", ["labels_legend.png"], ["no class was held out of training"])
+    return DemoItem("labels", ["labels_legend.png"], [
+        f"held out of training: {', '.join(heldout)}",
+        "the head never saw them; it segments them zero-shot, through CLIP's text embeddings"])
 
 
 def _headline(metrics: dict) -> dict:
