@@ -71,6 +71,9 @@ def run_training(task: "Task", out: Path, *, resume: bool | str | Path = False, 
     from .engine.sync_bn import convert_sync_batchnorm
 
     task.check_training(install)
+    if resume not in (True, False, None) and not Path(resume).is_file():
+        raise UserError(f"--resume {resume}: no such checkpoint file; pass a step_*.pt or best.pt "
+                        "of this run, or --resume alone for the newest one")
     cfg = getattr(task.cfg, "train", None)
     if cfg is None:
         raise UserError(f"task '{task.name}' has no 'train' section in its config")

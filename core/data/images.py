@@ -114,3 +114,17 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", exif: bool = True,
                        background: tuple[int, int, int] = WHITE) -> Image.Image:
     """Like `load_image`, from encoded bytes (e.g. a tar member); `name` goes in errors."""
     return to_rgb(_decode(io.BytesIO(data), name, exif), background)
+
+
+def check_image_inputs(paths: "list[str | os.PathLike[str]]") -> None:
+    """Decode every input image (not just its header) and refuse two inputs whose outputs
+    would share a name, before anything is written: a bad input N never leaves the outputs
+    of inputs < N half-published."""
+    from clipheads.core.errors import UserError
+    stems: dict[str, Path] = {}
+    for p in map(Path, paths):
+        open_image(p).close()
+        if p.stem in stems:
+            raise UserError(f"{stems[p.stem]} and {p} share the name '{p.stem}', so their outputs "
+                            "would overwrite each other; rename one")
+        stems[p.stem] = p

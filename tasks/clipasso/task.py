@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipheads.core.cli_args import ensure_writable_dir
+from clipheads.core.cli_args import ensure_writable_dir, non_negative_int, positive_int
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task
@@ -59,13 +59,13 @@ class ClipassoTask(Task):
                                 help="object mask(s), one per image (white/opaque = object)")
             parser.add_argument("--gif", action="store_true", help="also write <stem>.gif of the optimisation")
         else:
-            parser.add_argument("--per-shape", type=int, default=4, help="tiny-world images per shape")
+            parser.add_argument("--per-shape", type=positive_int, default=4, help="tiny-world images per shape")
             parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG (images, init, "
                                                           "sketches, random strokes; predicted shapes)")
-        parser.add_argument("--strokes", type=int, help="strokes per sketch (abstraction level)")
-        parser.add_argument("--iters", type=int, help="optimisation iterations (0 = the initialisation)")
-        parser.add_argument("--seeds", type=int, help="seeds optimised together; the best is kept")
-        parser.add_argument("--seed", type=int, help="first seed")
+        parser.add_argument("--strokes", type=positive_int, help="strokes per sketch (abstraction level)")
+        parser.add_argument("--iters", type=non_negative_int, help="optimisation iterations (0 = the initialisation)")
+        parser.add_argument("--seeds", type=positive_int, help="seeds optimised together; the best is kept")
+        parser.add_argument("--seed", type=non_negative_int, help="first seed")
 
     # setup ------------------------------------------------------------------------------
     def apply_options(self, action: str, strokes: int | None = None, iters: int | None = None,

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from clipheads.core.cli_args import add_label_arguments
+from clipheads.core.cli_args import add_label_arguments, positive_int
 from clipheads.core.errors import UserError
 from clipheads.core.registry import register_task
 from clipheads.core.task import DemoItem, Task, TrainData
@@ -36,32 +36,9 @@ DEFAULT_TEMPLATES = "single"
 
 
 def resolve_templates(name: str) -> tuple[str, ...]:
-    """A template-set name, or one literal format string containing '{}' (LSeg: '{}')."""
-    from clipheads.core.text.templates import get_templates
-    if "{}" in name:
-        return (name,)
-    return get_templates(name)
-
-
-def check_image_files(paths: Sequence[Path]) -> None:
-    """Every input exists and has a recognised header, and stems are distinct (outputs are
-    named by stem), before any work starts."""
-    from PIL import Image
-
-    from clipheads.core.data.errors import CorruptSample, MissingSample
-    stems: dict[str, Path] = {}
-    for p in map(Path, paths):
-        if not p.is_file():
-            raise MissingSample(p, "image file")
-        try:
-            with Image.open(p) as im:
-                im.size  # noqa: B018 - reads the header only
-        except Exception as exc:
-            raise CorruptSample(p, "not a recognised image format") from exc
-        if p.stem in stems:
-            raise UserError(f"{stems[p.stem]} and {p} share the name '{p.stem}', so their outputs "
-                            "would overwrite each other; rename one")
-        stems[p.stem] = p
+    """A template-set name, or one literal format string with '{}' (LSeg uses '{}')."""
+    from clipheads.core.text.templates import resolve_templates as resolve
+    return resolve(name)
 
 
 @dataclasses.dataclass
@@ -79,7 +56,7 @@ def _head_options(parser: argparse.ArgumentParser) -> None:
                         "or tools/convert_lseg.py); default: the bundled tiny head")
     parser.add_argument("--multi-scale", action="store_true",
                         help="multi-scale + flip + sliding-window inference (infer.* settings)")
-    parser.add_argument("--size", type=int, help="single-scale long side in pixels")
+    parser.add_argument("--size", type=positive_int, help="single-scale long side in pixels")
     parser.add_argument("--templates", help="template set (single, imagenet80, ...) or a format "
                         "string with {} (LSeg uses '{}')")
 
@@ -110,8 +87,9 @@ class LSegTask(Task):
             parser.add_argument("--protocol", choices=["miou", "pascal5i"], default="miou",
                                 help="mIoU over a folder/the tiny world, or PASCAL-5i episodes")
             parser.add_argument("--split", help="folder split to evaluate (default: data.val_split)")
-            parser.add_argument("--fold", type=int, action="append", help="PASCAL-5i fold (repeatable)")
-            parser.add_argument("--limit", type=int, help="evaluate at most N images")
+            parser.add_argument("--fold", type=int, choices=range(4), action="append",
+                                help="PASCAL-5i fold 0-3 (repeatable)")
+            parser.add_argument("--limit", type=positive_int, help="evaluate at most N images")
 
     # text and heads ------------------------------------------------------------------------
     def templates(self, given: str | None = None, info: "HeadInfo | None" = None) -> str:
@@ -187,14 +165,17 @@ class LSegTask(Task):
 
     def infer(self, image: list[Path], labels: list[str], head: Path | None = None,
               multi_scale: bool = False, size: int | None = None, templates: str | None = None) -> list[dict]:
-        """`<stem>_mask.png` (label indices) and `<stem>_overlay.png` per image into --out."""
-        from clipheads.core.data.images import load_image
+        """`<stem>_mask.png` (label indices) and `<stem>_overlay.png` per image into --out;
+        every input is decoded before the first output is written."""
+        from clipheads.core.data.images import check_image_inputs, load_image
 
         from .render import mask_image, overlay, save_png
         if len(labels) == 1:
             log.warning("only one label (%s): every pixel gets it; add a contrast label such as "
                         "'other'", labels[0])
-        check_image_files(image)
+        check_image_inputs(image)
+        if templates:
+            resolve_templates(templates)
         out = self.ctx.out_dir()
         results = []
         for path, seg in zip(image, self.predict(image, labels, head=head, templates=templates,
@@ -224,7 +205,7 @@ class LSegTask(Task):
 
     def train_data(self) -> TrainData:
         """Training crops, the label embeddings, and the validation scenes (kept for eval)."""
-        from clipheads.core.data.skipping import skip_none_collate
+        from clipheads.core.data.skipping import SkipNoneCollate
         from clipheads.core.tinyworld import CATEGORIES
 
         from .data import (FolderSegmentation, TinyWorldSegmentation, TrainAugment, tiny_world_eval,
@@ -258,7 +239,7 @@ class LSegTask(Task):
         self._labels, self._heldout = labels, list(heldout)
         self._train_text = self.text(labels, self._train_templates).to(self.ctx.device)
         self._eval_text = self.text(self._eval_labels, self._train_templates)
-        return TrainData(dataset, skip_none_collate)
+        return TrainData(dataset, SkipNoneCollate(min_samples=2))  # BatchNorm needs 2 samples
 
     def _image_stats(self) -> tuple[Sequence[float], Sequence[float]]:
         """Pixel mean/std of the configured image encoder (the timm ViT's or the CLIP's)."""
