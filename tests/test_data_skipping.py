@@ -38,8 +38,8 @@ def _skip_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER and "skipped" in r.getMessage()]
 
 
-def test_skip_counter_counts_and_logs_one_line_each(caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+def test_skip_counter_warns_once_then_counts(caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     sc = SkipCounter("demo")
     assert sc.attempt("a", lambda: 3) == 3
     assert sc.attempt("b", lambda: (_ for _ in ()).throw(CorruptSample("b.jpg", "bad bytes"))) is None
@@ -51,7 +51,10 @@ def test_skip_counter_counts_and_logs_one_line_each(caplog):
     lines = _skip_lines(caplog)
     assert len(lines) == 2 and "b.jpg" in lines[0] and "c.jpg" in lines[1]
     assert "2 skipped so far" in lines[1]
-    assert sc.summary() == "demo: skipped 2 samples (1 corrupt, 1 missing)"
+    levels = [r.levelno for r in caplog.records if r.name == LOGGER]
+    assert levels == [logging.WARNING, logging.DEBUG]  # one line on the console, the rest with -v
+    assert sc.summary() == ("demo: skipped 2 samples (1 corrupt, 1 missing); first: b (cannot read b.jpg: "
+                            "bad bytes; re-download or remove it)")
     assert SkipCounter("x").summary() == "x: no samples skipped"
 
 
@@ -98,7 +101,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def test_corrupt_jpg_in_shard_is_skipped_and_counted(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     shard = tmp_path / "train-000000.tar"
     with tarfile.open(shard, "w") as tar:
         for i in range(6):
@@ -121,7 +124,7 @@ def test_corrupt_jpg_in_shard_is_skipped_and_counted(tmp_path, caplog):
 
 
 def test_broken_tar_does_not_kill_the_stream(world, caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     shard = world / "shards" / "train-000000.tar"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])  # shard cut mid-member
@@ -141,7 +144,7 @@ def test_missing_shard_is_a_user_error(tmp_path):
 
 
 def test_coco_missing_and_corrupt_images(world, caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     images = sorted((world / "images" / "train").iterdir())
     images[1].unlink()
     images[5].write_bytes(images[5].read_bytes()[:200])
@@ -163,7 +166,7 @@ def test_coco_bad_annotation_file(tmp_path, world):
 
 
 def test_masks_missing_annotation_counted_and_size_mismatch_named(world, caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     anns = sorted((world / "annotations" / "train").iterdir())
     anns[0].unlink()
     ds = SegmentationFolder(world / "images" / "train", world / "annotations" / "train")
@@ -180,7 +183,7 @@ def test_masks_missing_annotation_counted_and_size_mismatch_named(world, caplog)
 
 
 def test_msrvtt_truncated_and_missing_videos(world, caplog):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     vids = world / "videos"
     data = (vids / "video0.mp4").read_bytes()
     (vids / "video0.mp4").write_bytes(data[: len(data) // 2])

@@ -151,7 +151,7 @@ def test_ranks_and_workers_split_disjoint_and_complete(tmp_path, layout, num_wor
 
 
 def test_corrupt_and_truncated_samples_are_skipped_and_counted(damaged, caplog, one_thread):
-    caplog.set_level(logging.WARNING, logger="clipheads.data")
+    caplog.set_level(logging.DEBUG, logger="clipheads.data")
     loader = make(damaged, batch_size=1, shuffle=0)
     batches = [loader.next() for _ in range(30)]  # the 15 raw samples hold at most 10 readable ones
     assert min(_epochs(loader)) >= 2

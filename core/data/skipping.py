@@ -25,13 +25,17 @@ LOGGER = logging.getLogger("clipheads.data")
 
 
 class SkipCounter:
-    """Counts skipped samples of one data source and logs one warning line per skip."""
+    """Counts skipped samples of one data source. The first skip is one warning line (saying
+    that more will be counted, not printed); the rest log at debug level (`--verbose`), and
+    `summary()` gives the one-line total with the first sample and its reason."""
 
-    def __init__(self, source: str, logger: logging.Logger | None = None):
+    def __init__(self, source: str, logger: logging.Logger | None = None, announce_first: bool = True):
         self.source = source
+        self.announce_first = announce_first  # False: the caller reports `summary()` itself
         self._logger = logger or LOGGER
         self._reasons: Counter[str] = Counter()
         self._keys: list[str] = []
+        self._first: str = ""
 
     @property
     def count(self) -> int:
@@ -52,8 +56,14 @@ class SkipCounter:
         """Record and log one skipped sample."""
         self._keys.append(key)
         self._reasons[kind] += 1
-        self._logger.warning("%s: skipped %s: %s (%d skipped so far)",
-                             self.source, key, reason, len(self._keys))
+        if len(self._keys) == 1:
+            self._first = f"{key} ({reason})"
+        if len(self._keys) == 1 and self.announce_first:
+            self._logger.warning("%s: skipped %s: %s (further skips are counted; -v lists each)",
+                                 self.source, key, reason)
+        else:
+            self._logger.debug("%s: skipped %s: %s (%d skipped so far)",
+                               self.source, key, reason, len(self._keys))
 
     def attempt(self, key: str, read: Callable[[], T]) -> T | None:
         """`read()`, or None (skipped and counted) when it raises CorruptSample/MissingSample."""
@@ -68,7 +78,7 @@ class SkipCounter:
         if not self._keys:
             return f"{self.source}: no samples skipped"
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self._reasons.items()))
-        return f"{self.source}: skipped {len(self._keys)} samples ({parts})"
+        return f"{self.source}: skipped {len(self._keys)} samples ({parts}); first: {self._first}"
 
 
 def _kind(exc: CorruptSample) -> str:

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from clipheads.core.data.images import load_image
+from clipheads.core.data.skipping import SkipCounter
 from clipheads.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,17 +31,15 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def items(self, skipped: list[str]) -> Iterator[tuple[Image.Image, int]]:
-        """Images with targets; unreadable files are skipped, logged and appended to `skipped`."""
+    def items(self, skips: SkipCounter) -> Iterator[tuple[Image.Image, int]]:
+        """Images with targets; unreadable files are skipped and counted in `skips`."""
         for i, target in enumerate(self.targets):
             if self.paths is None:
                 yield self.images[i][0], target
                 continue
-            try:
-                yield load_image(self.paths[i]), target
-            except UserError as exc:
-                skipped.append(str(self.paths[i]))
-                log.warning("skipping unreadable image (%d so far): %s", len(skipped), exc)
+            image = skips.attempt(str(self.paths[i]), lambda p=self.paths[i]: load_image(p))
+            if image is not None:
+                yield image, target
 
 
 def class_name(folder: str) -> str:
@@ -99,7 +98,8 @@ def load_split(data: Path, split: str, dataset: str = "folder",
 @torch.no_grad()
 def extract_features(backbone, data: LabelledImages, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Frozen image features for every readable image: (features, targets, skipped paths)."""
-    feats, targets, skipped, batch, batch_t = [], [], [], [], []
+    feats, targets, batch, batch_t = [], [], [], []
+    skips = SkipCounter("images", announce_first=False)
 
     def flush():
         if batch:
@@ -108,12 +108,14 @@ def extract_features(backbone, data: LabelledImages, batch_size: int) -> tuple[t
             batch.clear()
             batch_t.clear()
 
-    for image, target in data.items(skipped):
+    for image, target in data.items(skips):
         batch.append(image)
         batch_t.append(target)
         if len(batch) == batch_size:
             flush()
     flush()
     if not feats:
-        raise UserError("no readable images to encode")
-    return torch.cat(feats), torch.tensor(targets), skipped
+        raise UserError(f"no readable images to encode ({skips.summary()})")
+    if skips.count:
+        log.warning("%s (of %d images)", skips.summary(), len(data))
+    return torch.cat(feats), torch.tensor(targets), list(skips.keys)
