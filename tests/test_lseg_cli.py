@@ -256,3 +256,21 @@ def test_head_sizes_and_templates_win_over_the_default_config_only(tiny):
     assert task.infer_config(info, size=32).size == 32
     assert task.templates("imagenet80", info) == "imagenet80"
     assert clipheads.load("lseg", overrides=["templates=single"]).templates(None, info) == "single"
+
+
+def test_training_batch_shrunk_by_unreadable_images_never_crashes(tmp_path, capsys, tiny):
+    """Half the training images are corrupt: a global batch of 2 can shrink to 1 sample,
+    which would break BatchNorm; such a batch is skipped (zero loss), the run finishes."""
+    root = _ade_folder(tmp_path / "ade", n=4)
+    for name in ("training_1", "training_2"):
+        (root / "images" / "training" / f"{name}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "lseg", "train", "--data", root, "--backbone", TINY_VIT, "--weights",
+                            tiny["ckpt"], "--out", out, "--json", *SMALL_SET, "--set", "model.use_bn=true",
+                            "--set", "train.steps=6", "--set", "train.warmup_steps=0", "--set", "train.batch_size=2",
+                            "--set", "data.n_val=2", "--set", "augment.base_size=16", "--set", "augment.crop_size=16",
+                            "--set", "train.optimizer=sgd", "--set", "train.lr=0.01", "--set", "train.shuffle=false")
+    assert code == 0, err
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line).get("kind") == "train"]
+    assert all(np.isfinite(losses))
