@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import numpy as np
 import pytest
@@ -30,16 +29,13 @@ N_TRAIN, N_VAL, N_VIDEOS = 64, 16, 4
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("export") / "tw"
-    start = time.perf_counter()
     out = export_tiny_world(root, n_train=N_TRAIN, n_val=N_VAL, n_videos=N_VIDEOS, seed=0)
-    elapsed = time.perf_counter() - start
     assert out == root.resolve()
-    return root, elapsed
+    return root
 
 
-def test_export_is_fast_and_complete(world):
-    root, elapsed = world
-    assert elapsed < 10.0
+def test_export_is_complete(world):
+    root = world
     m = read_manifest(root)
     assert m["images"]["train"]["images"] == N_TRAIN and m["images"]["val"]["images"] == N_VAL
     assert [c["name"] for c in m["categories"]] == list(CATEGORIES)
@@ -52,7 +48,7 @@ def test_export_is_fast_and_complete(world):
 
 
 def test_coco_json_read_by_pycocotools(world):
-    root, _ = world
+    root = world
     coco = COCO(str(root / "annotations" / "instances_val.json"))
     assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == sorted(CATEGORIES)
     seeds = set(split_seeds("val", N_VAL))
@@ -72,7 +68,7 @@ def test_coco_json_read_by_pycocotools(world):
 
 
 def test_coco_dataset_targets(world):
-    root, _ = world
+    root = world
     ds = CocoDetection(root / "images" / "train", root / "annotations" / "instances_train.json",
                        with_masks=True)
     assert len(ds) == N_TRAIN and ds.category_names[1] == CATEGORIES[0]
@@ -88,7 +84,7 @@ def test_coco_dataset_targets(world):
 
 
 def test_masks_dataset_matches_generator(world):
-    root, _ = world
+    root = world
     ds = SegmentationFolder(root / "images" / "val", root / "annotations" / "val")
     assert len(ds) == N_VAL and ds.skips.count == 0
     for i in range(len(ds)):
@@ -104,7 +100,7 @@ def test_masks_dataset_matches_generator(world):
 
 
 def test_shards_read_with_webdataset(world):
-    root, _ = world
+    root = world
     ds = ImageTextShards(str(root / "shards" / "train-{000000..000000}.tar"), with_meta=True)
     items = list(ds)
     assert len(items) == N_TRAIN and ds.skips.count == 0
@@ -117,7 +113,7 @@ def test_shards_read_with_webdataset(world):
 
 
 def test_shards_through_a_dataloader_with_workers(world):
-    root, _ = world
+    root = world
     ds = ImageTextShards([root / "shards" / "train-000000.tar", root / "shards" / "val-000000.tar"],
                          transform=lambda im: torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
     loader = DataLoader(ds, batch_size=16, num_workers=2)
@@ -130,7 +126,7 @@ def test_shards_through_a_dataloader_with_workers(world):
 
 
 def test_msrvtt_json_and_csv(world):
-    root, _ = world
+    root = world
     train = load_msrvtt_json(root / "msrvtt_train.json")
     assert len(train) == N_VIDEOS and all(len(v.captions) == 3 for v in train)
     assert load_msrvtt_json(root / "msrvtt_train.json", split="test") == []
@@ -145,7 +141,7 @@ def test_msrvtt_json_and_csv(world):
 
 
 def test_msrvtt_dataset_decodes_frames(world):
-    root, _ = world
+    root = world
     doc = json.loads((root / "msrvtt_test.json").read_text())
     seeds = {v["video_id"]: v["seed"] for v in doc["videos"]}
     ds = MsrvttDataset(root / "videos", root / "msrvtt_test.json", fps=4.0, max_frames=12)
@@ -169,7 +165,7 @@ def test_msrvtt_dataset_decodes_frames(world):
 
 def test_export_is_reproducible(world, tmp_path):
     """Every file, mp4s included, is byte-identical (same PyAV/FFmpeg build; docs/tiny_world.md)."""
-    root, _ = world
+    root = world
     again = export_tiny_world(tmp_path / "again", n_train=N_TRAIN, n_val=N_VAL, n_videos=N_VIDEOS)
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
