@@ -203,3 +203,53 @@ def test_resume_true_on_empty_dir_starts_fresh_and_bad_path_is_user_error(tmp_pa
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot be read"):
         trainer(tmp_path / "y", make_model(0), steps=2).fit(resume=junk)
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path, caplog):
+    """A newest checkpoint cut short (e.g. a copy interrupted) is skipped with a warning and
+    the run continues from the one before, ending bit-identical to a straight run."""
+    ref = straight_run(tmp_path / "straight")
+    out = tmp_path / "run"
+    seed_everything(0)
+    with pytest.raises(Crash):
+        trainer(out, make_model(0), loss_fn=crashing(mse, at_call=19)).fit()  # crash in step 10
+    ckdir = out / "checkpoints"
+    newest = ckdir / "step_00000007.pt"
+    assert sorted(ckdir.glob("step_*.pt")) == [newest]
+    # a newer checkpoint that is damaged, and the pointer on it
+    damaged = ckdir / "step_00000010.pt"
+    damaged.write_bytes(newest.read_bytes()[:100])
+    (ckdir / "last").write_text("step_00000010.pt\n")
+    run_cfg = (out / "run_config.json").read_text()
+    with caplog.at_level("WARNING"):
+        resumed = make_model(seed=99)
+        trainer(out, resumed).fit(resume=True)
+    assert any("skipping checkpoint" in r.getMessage() and "step_00000010.pt" in r.getMessage()
+               for r in caplog.records)
+    assert_bit_identical(ref, resumed)
+    assert (out / "run_config.json").read_text() == run_cfg
+
+
+def test_resume_from_a_named_checkpoint(tmp_path):
+    ref = straight_run(tmp_path / "straight")
+    out = tmp_path / "run"
+    trainer(out, make_model(0)).fit()
+    first = out / "checkpoints" / "step_00000007.pt"
+    assert first.is_file()
+    again = make_model(seed=5)
+    tr = trainer(out, again)
+    tr.fit(resume=first)  # from step 7, not from the newest (14): trains steps 8..14 again
+    assert_bit_identical(ref, again)
+
+
+def test_refused_resume_leaves_the_run_folder_unchanged(tmp_path):
+    out = tmp_path / "run"
+    seed_everything(0)
+    trainer(out, make_model(0), steps=2).fit()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    t = CpuTrainer(make_model(0), mse, NoisyPairs(), make_cfg(steps=2, log_every=5), out,
+                   config_dict={"task": "toy", "width": 32}, progress=False)
+    with pytest.raises(UserError):
+        t.fit(resume=True)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
