@@ -191,8 +191,25 @@ def test_eval_on_an_ade_folder_counts_skips_and_names_bad_masks(tmp_path, capsys
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["skipped"] == 1 and result["images"] == 3 and "validation_1" in caplog.text
-    assert 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
     assert list(result["per_class_iou"]) == ["wall", "floor", "sky"]
+    # the same numbers computed here from the head's own predictions and the raw PNGs
+    import clipheads
+    seg = clipheads.load("lseg", backbone=TINY_VIT, weights=tiny["ckpt"])
+    names = ["validation_0", "validation_2", "validation_3"]
+    preds = seg.predict([root / "images" / "validation" / f"{n}.jpg" for n in names],
+                        ["wall", "floor", "sky"], head=tiny["head"])
+    inter, union, correct, valid = np.zeros(3), np.zeros(3), 0, 0
+    for n, p in zip(names, preds):
+        gt = np.asarray(Image.open(root / "annotations" / "validation" / f"{n}.png")).astype(int) - 1
+        ok = gt >= 0                                     # ADE: 0 is ignored, k -> k-1
+        correct += int((p.mask[ok] == gt[ok]).sum())
+        valid += int(ok.sum())
+        for c in range(3):
+            inter[c] += ((p.mask == c) & (gt == c) & ok).sum()
+            union[c] += (((p.mask == c) | (gt == c)) & ok).sum()
+    iou = inter[union > 0] / union[union > 0]
+    assert result["miou"] == pytest.approx(iou.mean(), abs=1e-9)
+    assert result["pixel_accuracy"] == pytest.approx(correct / valid, abs=1e-9)
     bad = _ade_folder(tmp_path / "bad", mismatch={"validation_2"})
     code, _, err = run(capsys, "lseg", "eval", "--data", bad, *tiny["common"])
     assert code == 2 and "validation_2.png" in err and "validation_2.jpg" in err

@@ -93,4 +93,5 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, classes: list[str], cfg: Probe
         score(c)
     best = max(scores, key=lambda c: (scores[c], -abs(torch.log10(torch.tensor(c)).item())))
     w, b = fit_logistic(x, y, len(classes), best, cfg.max_iter)
-    return LinearProbe(w.cpu(), b.cpu(), classes, best), {"C": best, "val_top1": scores[best]}
+    return LinearProbe(w.cpu(), b.cpu(), classes, best), {"C": best, "val_top1": scores[best],
+                                                          "val_images": int(n_val)}

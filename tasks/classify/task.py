@@ -179,8 +179,9 @@ class ClassifyTask(Task):
             return [f"{r['image']}: " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"])
                     for r in result]
         if action == "train":
-            return [f"linear probe: C={result['C']:.3g}, held-out top-1 {result['val_top1']:.3f} "
-                    f"on {result['train_images']} images ({result['skipped']} skipped); saved to {result['out']}"]
+            return [f"linear probe: C={result['C']:.3g}, held-out top-1 {result['val_top1']:.3f} on "
+                    f"{result['val_images']} held-out of {result['train_images']} training images "
+                    f"({result['skipped']} skipped); saved to {result['out']}"]
         return [f"{result['mode']}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
                 f"on {result['images']} images ({result['skipped']} skipped)"]
 
