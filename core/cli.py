@@ -80,7 +80,7 @@ def _common_options(p: argparse.ArgumentParser, cls: type, action: str) -> None:
                    help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
     g.add_argument("--device", default="auto", type=_device,
                    help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda, cuda:N")
-    writes = action == "train" or action in getattr(cls, "writes", ())
+    writes = action == "train" or action in cls.writes
     g.add_argument("--out", type=Path, required=writes,
                    help="output directory" + ("" if writes else " (optional)"))
     g.add_argument("--json", action="store_true", help="print results as JSON (one object per line)")
@@ -89,7 +89,7 @@ def _common_options(p: argparse.ArgumentParser, cls: type, action: str) -> None:
         t.add_argument("--resume", nargs="?", const=True, default=False, type=Path, metavar="CKPT",
                        help="continue the run in --out from its newest readable checkpoint, "
                             "or from the checkpoint file CKPT")
-        if getattr(cls, "installable", False):
+        if cls.installable:
             t.add_argument("--install", action="store_true",
                            help="ship the result as this head's bundled tiny-world artifact")
 

@@ -132,6 +132,7 @@ class Task:
     default_config: ClassVar[str | None] = None
     actions: ClassVar[tuple[str, ...]] = ("infer", "train", "eval")
     installable: ClassVar[bool] = False  # `train --install` ships the result as a bundled artifact
+    writes: ClassVar[tuple[str, ...]] = ()  # actions besides train whose --out is required
     best_metric: ClassVar[str | None] = None
     best_mode: ClassVar[str] = "max"
 
