@@ -354,9 +354,19 @@ class FrozenCLIP(nn.Module):
         tokens = [found[i] if fmt == "NCHW" else found[i].flatten(2).transpose(1, 2) for i in idx]
         return Intermediates(idx, tokens, None, grid, None, emb)
 
-    def dense_embeddings(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Per-patch embeddings in the joint text space, [B, D, h, w] (MaskCLIP value path)."""
+    def dense_embeddings(self, pixels: torch.Tensor, normalize: bool = True, *,
+                         pool_positions: bool = False) -> torch.Tensor:
+        """Per-patch embeddings in the joint text space, [B, D, h, w], as MaskCLIP computes them.
+
+        ViT: the last block's attention is replaced by each token's own value path (residual
+        and MLP kept), then ln_post and the projection. ResNet: c_proj(v_proj(x)) at every
+        position of the last stage, without the attention pool's positional embedding.
+        `pool_positions=True` (ResNets only) adds the pool's resized positional embedding
+        before v_proj: a variant, not MaskCLIP."""
         v = self.model.visual
+        if pool_positions and self.is_vit:
+            raise UserError("pool_positions applies to ResNet backbones only (the attention "
+                            "pool's positional embedding); a ViT adds positions at its input")
         if self.is_vit:
             x, grid = vit.embed(v, pixels)
             *body, last = vit.blocks(v)
@@ -369,7 +379,7 @@ class FrozenCLIP(nn.Module):
             x = pixels.to(v.conv1.weight.dtype)
             for stage in resnet.stages(v):
                 x = stage(x)
-            dense = resnet.value_path(v.attnpool, x)
+            dense = resnet.value_path(v.attnpool, x, positional=pool_positions)
         return F.normalize(dense, dim=1) if normalize else dense
 
     def region_embeddings(self, pixels: torch.Tensor, boxes: Sequence[torch.Tensor],

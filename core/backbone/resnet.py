@@ -1,4 +1,12 @@
-"""Walking an open_clip ModifiedResNet stage by stage, and its attention pool's value path."""
+"""Walking an open_clip ModifiedResNet stage by stage, and its attention pool's value path.
+
+Dense embeddings follow MaskCLIP (Zhou et al., ECCV 2022; chongzhou96/MaskCLIP,
+`MaskClipHead.forward` in mmseg/models/decode_heads/maskclip_head.py, default
+`attn_pooling=False`): the attention pool's `v_proj` then `c_proj`, as 1x1 convolutions on
+every position of the last stage's feature map, with no positional embedding and no mean
+token. Adding the pool's (resized) positional embedding first is kept as a variant
+(`positional=True`).
+"""
 from __future__ import annotations
 
 import torch
@@ -26,7 +34,10 @@ def _pool_positions(pool: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
     if (side, side) == tuple(grid):
         return pos
     patch = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False)
+    # as open_clip.model.resize_pos_embed resizes ViT position embeddings (antialias=True:
+    # PIL's bicubic kernel, also when enlarging)
+    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False,
+                          antialias=True)
     patch = patch.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([pos[:1], patch], dim=0)
 
@@ -49,9 +60,14 @@ def attention_pool(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0]
 
 
-def value_path(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP for ResNets: every position's value through v_proj and c_proj -> [B, D, h, w]."""
+def value_path(pool: nn.Module, x: torch.Tensor, positional: bool = False) -> torch.Tensor:
+    """MaskCLIP for ResNets: c_proj(v_proj(x)) at every position -> [B, D, h, w].
+
+    `positional=True` adds the pool's positional embedding (resized to the grid) to each
+    position first: not MaskCLIP, a variant kept for comparison."""
     b, c, h, w = x.shape
-    tokens = x.flatten(2).transpose(1, 2) + _pool_positions(pool, (h, w))[1:].to(x.dtype)
+    tokens = x.flatten(2).transpose(1, 2)
+    if positional:
+        tokens = tokens + _pool_positions(pool, (h, w))[1:].to(x.dtype)
     dense = pool.c_proj(pool.v_proj(tokens))
     return dense.transpose(1, 2).reshape(b, -1, h, w)

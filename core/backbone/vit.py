@@ -33,7 +33,11 @@ def position_embedding(visual: nn.Module, grid: tuple[int, int]) -> torch.Tensor
     cls_pos, patch_pos = pos[:1], pos[1:]
     gh, gw = visual.grid_size
     patch_pos = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    # exactly open_clip.model.resize_pos_embed (what open_clip does when it loads weights
+    # into a model of another image size): bicubic with antialias=True, which in PyTorch is
+    # PIL's bicubic kernel (a=-0.5) for enlarging too, not the plain one (a=-0.75)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False,
+                              antialias=True)
     patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
     return torch.cat([cls_pos, patch_pos], dim=0)
 
@@ -77,7 +81,11 @@ def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
 
 
 def block_value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP's last block: attention replaced by each token's own value (q-k dropped)."""
+    """MaskCLIP's last block: attention replaced by each token's own value (q-k dropped).
+
+    As MaskCLIP's `TransformerEncoderLayer.forward(return_qkv=True)` (chongzhou96/MaskCLIP,
+    mmseg/models/backbones/vit.py): v = out_proj(v_proj(ln_1(x))), then the residual
+    v + x, then v + mlp(ln_2(v)); `project` then applies ln_post and the projection."""
     y = block.ln_1(x)
     (_, _, v), attn = _split_qkv(block, y)
     out = v.transpose(1, 2).reshape(x.shape)
