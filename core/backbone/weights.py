@@ -103,6 +103,9 @@ def read_checkpoint(path: str | Path, allow_torchscript: bool = False) -> Checkp
                                 "pass --allow-torchscript if you trust it, or convert it to a "
                                 "state dict first")
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # the causal text mask is a buffer in archives traced by open_clip, a constant in
+            # OpenAI's; the model rebuilds it, so it is not a weight to check
+            state = {k: v for k, v in state.items() if k != "attn_mask"}
             meta = {"quick_gelu": True}  # OpenAI's archives were all trained with QuickGELU
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
