@@ -35,6 +35,7 @@ class InitConfig:
     use_edges: bool = True           # multiply by (1 - XDoG) as the paper does
     temperature: float = 0.3         # softmax temperature over positive saliency pixels
     radius: float = 0.025            # each next control point within +-radius (canvas fraction)
+    xdog_variant: str = "official"   # "official" (the official code's map) or "winnemoeller" (see edges.py)
     xdog_gamma: float = 0.98
     xdog_phi: float = 200.0
     xdog_eps: float = -0.1

@@ -1,10 +1,22 @@
 """XDoG edges and Otsu thresholding for CLIPasso's stroke-placement saliency map.
 
 CLIPasso places strokes where CLIP attends *and* where the image has edges:
-``map = (1 - xdog) * attention``. Convention used throughout this module (the paper's):
-**xdog is 1 on flat regions and 0 on edges** (dark lines on white, like a drawing), so
-``1 - xdog`` is the edge indicator. Everything here is plain NumPy image processing
-without gradients; the result is turned into a tensor only where it meets attention.
+``map = (1 - xdog) * attention``. Two binary XDoG maps are available (`XDOG_VARIANTS`):
+
+- ``official`` (the default, `xdog_official`): what the official CLIPasso code computes.
+  Its input is the CLIP-normalised canvas (not the [0, 1] image), turned grey with
+  scikit-image's ``rgb2gray``; D = G_sigma - gamma * G_{k sigma} with SciPy's
+  ``gaussian_filter``; the soft map is 1 where D < eps and 1 + tanh(phi * D) where
+  D >= eps (note: phi * D, not phi * (D - eps)); it is min-max scaled and kept where it
+  is >= Otsu's threshold. With eps = -0.1 that map is 1 on strong dark-side edges
+  (D < eps) *and* on bright flat areas (D > 0), 0 in between; ``1 - xdog`` is what
+  places strokes.
+- ``winnemoeller`` (`xdog_edges`): Winnemöller's soft threshold, 1 where D >= eps else
+  1 + tanh(phi * (D - eps)), on the [0, 1] luminance, binarised by ``> Otsu``. Here
+  **xdog is 1 on flat regions and 0 on edges** (dark lines on white, like a drawing).
+
+Everything here is plain NumPy / SciPy image processing without gradients; the result
+is turned into a tensor only where it meets attention.
 """
 from __future__ import annotations
 
@@ -131,6 +143,51 @@ def xdog_edges(
     if soft.max() - soft.min() <= 1e-12:  # no edges at all: everything is flat
         return np.ones_like(soft, dtype=np.float32)
     return (soft > otsu_threshold(soft)).astype(np.float32)
+
+
+XDOG_VARIANTS: tuple[str, ...] = ("official", "winnemoeller")
+
+
+def xdog_official(
+    image: ArrayLike,
+    gamma: float = 0.98,
+    phi: float = 200.0,
+    eps: float = -0.1,
+    sigma: float = 0.8,
+    k: float = 10.0,
+) -> np.ndarray:
+    """Binary XDoG map (float32 {0, 1}) as the official CLIPasso code computes it.
+
+    `image`: the CLIP-normalised canvas as [H, W, 3] (array) or [3, H, W] (tensor), or an
+    [H, W] grey image. Computed in float32 like the official (a float32 tensor there).
+    A map without any contrast (e.g. a white image) is all ones, i.e. no edges (the
+    official divides by zero there).
+    """
+    from scipy.ndimage import gaussian_filter
+    from skimage.color import rgb2gray
+    from skimage.filters import threshold_otsu
+
+    is_tensor = isinstance(image, torch.Tensor)
+    arr = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    arr = np.nan_to_num(arr.astype(np.float32, copy=False))
+    if arr.ndim == 3 and is_tensor and arr.shape[0] in (1, 3):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        arr = rgb2gray(arr)
+    if arr.ndim != 2:
+        raise UserError(f"expected a grey [H, W] or RGB image, got shape {list(arr.shape)}")
+    fine = gaussian_filter(arr, sigma)
+    coarse = gaussian_filter(arr, sigma * k)
+    diff = fine - gamma * coarse
+    soft = np.where(diff < eps, np.float32(1.0), 1.0 + np.tanh(phi * diff)).astype(np.float32)
+    scaled = soft - soft.min()
+    top = float(scaled.max())
+    if not np.isfinite(top) or top <= 1e-12:
+        return np.ones(arr.shape, dtype=np.float32)
+    scaled /= scaled.max()
+    return (scaled >= threshold_otsu(scaled)).astype(np.float32)
 
 
 def edge_saliency(attention: ArrayLike, xdog_map: ArrayLike) -> torch.Tensor:

@@ -105,21 +105,33 @@ class SketchLoss:
         return [by_layer[i].float() for i in wanted], inter.image_embedding.float()
 
     def __call__(self, sketches: torch.Tensor, augment: bool = True,
-                 generator: torch.Generator | None = None) -> LossTerms:
-        """Losses of canvas sketches [B, 3, H, W] (clean pair + `augmentations` pairs when `augment`)."""
+                 generator: torch.Generator | list[torch.Generator] | None = None) -> LossTerms:
+        """Losses of canvas sketches [B, 3, H, W] (clean pair + `augmentations` pairs when `augment`).
+
+        `generator`: one for the whole batch, or a list with one per sketch (each seed then
+        draws its augmentations from its own generator, whatever runs beside it)."""
         cfg = self.cfg
         x = self.to_clip(sketches)
         b = x.shape[0]
         n_aug = cfg.augmentations if augment else 0
         tidx = torch.zeros(b, 1, dtype=torch.long)
         target_feats, target_emb = self.target_feats, self.target_emb
+        per_item = isinstance(generator, (list, tuple))
+        if per_item and len(generator) != b:
+            raise ValueError(f"{len(generator)} generators for {b} sketches")
         if n_aug:
             if self.bank is not None:
-                pick = torch.randint(self.bank.shape[0], (b, n_aug), generator=generator)
+                if per_item:
+                    pick = torch.stack([torch.randint(self.bank.shape[0], (n_aug,), generator=g) for g in generator])
+                else:
+                    pick = torch.randint(self.bank.shape[0], (b, n_aug), generator=generator)
                 views = self.bank[pick.reshape(-1)]
                 tidx = torch.cat([tidx, 1 + pick], dim=1)
             else:
-                views = sample_views(b * n_aug, cfg.perspective, cfg.crop_scale, generator)
+                if per_item:
+                    views = torch.cat([sample_views(n_aug, cfg.perspective, cfg.crop_scale, g) for g in generator])
+                else:
+                    views = sample_views(b * n_aug, cfg.perspective, cfg.crop_scale, generator)
                 with torch.no_grad():
                     fresh = apply_views(self._target_image.expand(b * n_aug, -1, -1, -1), views, fill=cfg.fill)
                     f_feats, f_emb = self.features(fresh)

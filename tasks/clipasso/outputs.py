@@ -1,4 +1,5 @@
-"""Writing a sketch: SVG (the deliverable), PNG render, GIF of the optimisation, saliency map.
+"""Writing a sketch: SVG (the deliverable), PNG render, GIF of the optimisation, and the
+maps behind the initialisation (attention, XDoG edges, placement distribution + starts).
 
 Every file is written to a temporary name and renamed, so an interrupted run never
 leaves a half-written SVG behind.
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw
 from clipheads.core.atomic import atomic_write_bytes
 
 from .raster import Rasteriser
+from .stroke_init import placement_weights
 from .strokes import Strokes
 from .svg import strokes_to_svg
 
@@ -76,6 +78,53 @@ def saliency_image(maps, target_pixels: torch.Tensor) -> Image.Image:
     target = (target_pixels[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     panels = [target, grey(maps.attention), grey(maps.placement)]
     return Image.fromarray(np.concatenate(panels, axis=1), "RGB")
+
+
+def grey_image(values: torch.Tensor | np.ndarray, scale: str = "minmax") -> Image.Image:
+    """[H, W] values as an 8-bit grey image: ``minmax`` to 0-255 (flat: 0), ``max``: v / max * 255."""
+    v = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values.detach().cpu())
+    v = torch.nan_to_num(v.double(), nan=0.0)
+    lo = float(v.min()) if scale == "minmax" else 0.0
+    span = float(v.max()) - lo
+    v = (v - lo) / span if span > 0 else torch.zeros_like(v)
+    return Image.fromarray((v.clamp(0, 1).numpy() * 255).round().astype(np.uint8), "L")
+
+
+def attention_image(maps) -> Image.Image:
+    """The CLIP relevancy map on the canvas, min-max to 0-255."""
+    return grey_image(maps.attention)
+
+
+def edges_image(maps) -> Image.Image:
+    """The binarised XDoG map on the canvas: 255 where the map is 1, 0 where it is 0."""
+    return Image.fromarray(((maps.edges.detach().cpu().numpy() >= 0.5) * 255).astype(np.uint8), "L")
+
+
+def placement_image(maps, size: tuple[int, int], starts: torch.Tensor, count: int, temperature: float) -> Image.Image:
+    """The distribution the stroke starts are drawn from (brightness = probability / max;
+    the uniform fallback is all white), the chosen starts [S, 2] (x, y px) marked red."""
+    height, width = size
+    prob = maps.placement if maps is not None else torch.ones(height, width)
+    weights = placement_weights(prob, count, temperature).reshape(height, width)
+    rgb = np.repeat(np.asarray(grey_image(weights, "max"))[..., None], 3, axis=-1).copy()
+    for x, y in starts.detach().cpu().tolist():
+        c, r = int(x), int(y)
+        for dr, dc in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+            if 0 <= r + dr < height and 0 <= c + dc < width:
+                rgb[r + dr, c + dc] = (230, 0, 0)
+    return Image.fromarray(rgb, "RGB")
+
+
+def maps_strip(panels: list[Image.Image], gap: int = 2) -> Image.Image:
+    """Panels stacked top to bottom on white (the demo shows them small beside the sketch)."""
+    panels = [p.convert("RGB") for p in panels]
+    width = max(p.width for p in panels)
+    strip = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), "white")
+    y = 0
+    for p in panels:
+        strip.paste(p, ((width - p.width) // 2, y))
+        y += p.height + gap
+    return strip
 
 
 def contact_sheet(grid: list[list[tuple[torch.Tensor, str, bool]]], cell: int = 128) -> Image.Image:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from clipheads.core.errors import UserError, close_matches
 
-from .edges import edge_saliency, xdog_edges
+from .edges import XDOG_VARIANTS, edge_saliency, xdog_edges, xdog_official
 from .target import Target, resize, square_offset, square_pad
 
 if TYPE_CHECKING:
@@ -87,12 +87,26 @@ class SaliencyMaps:
     placement: torch.Tensor
 
 
+def edge_map(target: Target, mean: tuple[float, ...], std: tuple[float, ...], variant: str = "official",
+             xdog: dict[str, float] | None = None) -> np.ndarray:
+    """[H, W] binary XDoG map (float32) of the target's canvas.
+
+    ``official``: of the canvas normalised with the saliency CLIP's `mean` / `std`, as the
+    official code does; ``winnemoeller``: of the [0, 1] canvas."""
+    if variant not in XDOG_VARIANTS:
+        raise UserError(f"unknown init.xdog_variant {variant!r}{close_matches(variant, XDOG_VARIANTS)}; "
+                        f"use one of {', '.join(XDOG_VARIANTS)}")
+    pixels = target.pixels.detach().float().cpu()
+    if variant == "official":
+        return xdog_official(normalise(pixels, mean, std)[0].permute(1, 2, 0).numpy(), **(xdog or {}))
+    return xdog_edges(pixels[0].permute(1, 2, 0).numpy().astype(np.float64), **(xdog or {}))
+
+
 def saliency_maps(backbone: "FrozenCLIP", target: Target, relevancy: Relevancy = "attention", use_edges: bool = True,
-                  xdog: dict[str, float] | None = None) -> SaliencyMaps:
+                  xdog: dict[str, float] | None = None, xdog_variant: str = "official") -> SaliencyMaps:
     """The paper's placement map ``(1 - xdog) * attention`` on the canvas."""
     attn = attention_map(backbone, target, relevancy)
     if not use_edges:
         return SaliencyMaps(attn, None, attn)
-    gray = target.pixels[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
-    edges = xdog_edges(gray, **(xdog or {}))
+    edges = edge_map(target, backbone.mean, backbone.std, xdog_variant, xdog)
     return SaliencyMaps(attn, torch.from_numpy(edges), edge_saliency(attn, edges))

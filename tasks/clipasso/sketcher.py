@@ -14,6 +14,7 @@ import torch
 from clipheads.core.errors import UserError, close_matches
 
 from .config import ClipassoConfig
+from .edges import XDOG_VARIANTS
 from .losses import SketchLoss
 from .optimise import OptimResult, check_optim, optimise
 from .placement import INIT_METHODS, initial_strokes
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from clipheads.core.backbone import FrozenCLIP
 
 MIN_CANVAS = 16
+BANK_SEED = 0  # generator of the cached bank of target augmentations (shared by all seeds)
 
 
 def check_config(cfg: ClipassoConfig) -> None:
@@ -45,6 +47,9 @@ def check_config(cfg: ClipassoConfig) -> None:
     if i.relevancy not in RELEVANCY:
         raise UserError(f"unknown init.relevancy {i.relevancy!r}{close_matches(i.relevancy, RELEVANCY)}; "
                         f"use one of {', '.join(RELEVANCY)}")
+    if i.xdog_variant not in XDOG_VARIANTS:
+        raise UserError(f"unknown init.xdog_variant {i.xdog_variant!r}{close_matches(i.xdog_variant, XDOG_VARIANTS)}; "
+                        f"use one of {', '.join(XDOG_VARIANTS)}")
     if i.temperature <= 0 or i.radius < 0:
         raise UserError("init.temperature must be > 0 and init.radius >= 0")
     if o.png_scale < 1 or o.gif_every < 1 or o.gif_ms < 1:
@@ -95,13 +100,16 @@ class Sketcher:
         if i.method == "random":
             return None
         xdog = {"gamma": i.xdog_gamma, "phi": i.xdog_phi, "eps": i.xdog_eps, "sigma": i.xdog_sigma, "k": i.xdog_k}
-        return saliency_maps(self.saliency_backbone, target, i.relevancy, i.use_edges, xdog)
+        return saliency_maps(self.saliency_backbone, target, i.relevancy, i.use_edges, xdog, i.xdog_variant)
+
+    def seeds(self) -> list[int]:
+        """The seeds of one sketch: optim.seed, optim.seed + 1, ..."""
+        o = self.cfg.optim
+        return [o.seed + s for s in range(o.seeds)]
 
     def initial(self, target: Target, maps: SaliencyMaps | None) -> Strokes:
-        o = self.cfg.optim
-        seeds = [o.seed + s for s in range(o.seeds)]
         return initial_strokes(maps.placement if maps is not None else None, (target.height, target.width),
-                               self.cfg.strokes, self.cfg.init, seeds)
+                               self.cfg.strokes, self.cfg.init, self.seeds())
 
     def sketch(self, target: Target, progress: bool = False, gif: bool | None = None) -> Sketch:
         """Sketch `target`: every seed optimised in one batch; the best seed by clean loss."""
@@ -109,12 +117,15 @@ class Sketcher:
         maps = self.saliency(target)
         init = self.initial(target, maps)
         device = self.backbone.device
-        generator = torch.Generator().manual_seed(cfg.optim.seed)
-        loss = SketchLoss(self.backbone, target.pixels, cfg.loss, generator)
+        # The bank of target views belongs to the image, not to a seed: a fixed generator, so
+        # that a seed's run does not depend on which seeds run beside it.
+        loss = SketchLoss(self.backbone, target.pixels, cfg.loss, torch.Generator().manual_seed(BANK_SEED))
+        # Each seed draws its augmentations from its own generator, seeded by the seed.
+        generators = [torch.Generator().manual_seed(s) for s in self.seeds()]
         want_gif = cfg.output.gif if gif is None else gif
 
         def loss_fn(images: torch.Tensor, augment: bool):
-            return loss(images, augment=augment, generator=generator)
+            return loss(images, augment=augment, generator=generators)
 
         init_dev = Strokes(*(t.to(device) for t in (init.points, init.widths, init.colours, init.opacity)))
         result = optimise(init_dev, self.rasteriser, (target.height, target.width), loss_fn, cfg.optim,

@@ -1,7 +1,8 @@
 """`clipasso`: object sketching with Bézier strokes optimised through a frozen CLIP.
 
     clipheads clipasso infer --image IMG --strokes 16 --iters 2000 --seeds 3 --out DIR
-        -> DIR/<stem>.svg (best seed), DIR/<stem>.png (+ <stem>.gif with --gif)
+        -> DIR/<stem>.svg (best seed), DIR/<stem>.png (+ <stem>.gif with --gif),
+           DIR/<stem>_attention.png, <stem>_edges.png, <stem>_placement.png
     clipheads clipasso eval --per-shape 4
         -> tiny-world shapes sketched, then classified by the same CLIP (vs random strokes)
 """
@@ -36,7 +37,7 @@ def check_no_overwrite(out: Path, images: list[Path], masks: list[Path]) -> None
     """Refuse before any work when DIR/<stem>.{svg,png,gif} would replace an input file."""
     inputs_resolved = {p.resolve() for p in images + masks if p.exists()}
     for image in images:
-        for suffix in (".svg", ".png", ".gif", "_saliency.png"):
+        for suffix in (".svg", ".png", ".gif", "_saliency.png", "_attention.png", "_edges.png", "_placement.png"):
             target = (out / f"{image.stem}{suffix}").resolve()
             if target in inputs_resolved:
                 raise UserError(f"writing {target} would overwrite an input file; choose another --out")
@@ -151,11 +152,24 @@ class ClipassoTask(Task):
         return results
 
     def write(self, sk: "Sketch", sketcher: "Sketcher", out: Path, stem: str) -> dict[str, Path]:
-        """<stem>.svg, <stem>.png, and the optional GIF / saliency picture."""
-        from .outputs import atomic_write, png_bytes, saliency_image, write_gif, write_png, write_svg
-        o, size = self.cfg.output, sk.size
+        """<stem>.svg, <stem>.png, the maps behind the initialisation (<stem>_attention.png,
+        <stem>_edges.png, <stem>_placement.png, each when it exists for the init method), and the
+        optional GIF / saliency picture."""
+        from .outputs import (atomic_write, attention_image, edges_image, placement_image, png_bytes,
+                              saliency_image, write_gif, write_png, write_svg)
+        o, size, maps = self.cfg.output, sk.size, sk.saliency
         files = {"svg": write_svg(out / f"{stem}.svg", sk.best, size),
                  "png": write_png(out / f"{stem}.png", sk.best, size, sketcher.rasteriser, o.png_scale)}
+        pictures = {}
+        if maps is not None:
+            pictures["attention"] = attention_image(maps)
+            if maps.edges is not None:
+                pictures["edges"] = edges_image(maps)
+        starts = sk.init.points[sk.result.best_seed, :, 0]
+        pictures["placement"] = placement_image(maps, size, starts, self.cfg.strokes.count,
+                                                self.cfg.init.temperature)
+        for name, picture in pictures.items():
+            files[name] = atomic_write(out / f"{stem}_{name}.png", png_bytes(picture))
         if sk.result.frames:
             files["gif"] = write_gif(out / f"{stem}.gif", sk.result.frames, sk.result.best_seed, size,
                                      sketcher.rasteriser, o.gif_ms, o.png_scale)
@@ -185,6 +199,9 @@ class ClipassoTask(Task):
 
     def demo(self, examples: list[Path], out: Path) -> list[DemoItem]:
         """Sketch two bundled single-shape examples within the config's demo budget."""
+        from PIL import Image
+
+        from .outputs import atomic_write, maps_strip, png_bytes
         from .recognition import shape_probabilities
         from .sketcher import Sketcher
         chosen = [p for p in examples if p.name in DEMO_IMAGES] or examples[:2]
@@ -195,11 +212,15 @@ class ClipassoTask(Task):
             sk = sketcher.sketch(self.load_target(path, canvas=sketcher.canvas), progress=self.ctx.progress)
             files = self.write(sk, sketcher, out, f"{path.stem}_sketch")
             shutil.copy2(path, out / path.name)
+            shown = [k for k in ("attention", "edges", "placement") if k in files]
+            strip = maps_strip([Image.open(files[k]) for k in shown])
+            maps_file = atomic_write(out / f"{path.stem}_sketch_maps.png", png_bytes(strip))
             probs, labels = shape_probabilities(sketcher.backbone, self.ctx.text_bank,
                                                 sk.best, sk.size, sketcher.rasteriser)
             top = int(probs[0].argmax())
-            items.append(DemoItem(path.stem, [path.name, files["png"].name], [
+            items.append(DemoItem(path.stem, [path.name, files["png"].name, maps_file.name], [
                 *_demo_run_lines(cfg, self.cfg, sk),
+                f"small, top to bottom: {', '.join(shown)} (placement: start distribution, chosen starts red)",
                 f"tiny CLIP reads the sketch as: {labels[top]} ({float(probs[0, top]):.2f})"]))
         return items
 
