@@ -1,11 +1,17 @@
 """tools/convert_lseg.py on checkpoints laid out like isl-org/lang-seg's `demo_e200.ckpt`
 (LSegModule.net: pretrained.model = timm ViT, pretrained.act_postprocess1-4, scratch.*,
-clip_pretrained = OpenAI CLIP): every key accounted for, a strict load, and logits equal
-to an independent re-implementation of the official forward."""
+clip_pretrained = OpenAI CLIP). The official layout is not re-typed here: it comes from
+tests/fixtures/lseg/official_lsegnet_keys.json.gz, the state-dict names and shapes of
+lang-seg's own LSegNet (ViT-L/16 and ViT-B/32, arch options 0/1/2) instantiated with random
+weights outside this repository (docs/lseg.md). Checked: every key of every variant mapped
+or dropped, a strict fit to our net; the small stand-in used for the logits test has
+exactly the official names; logits equal an independent re-implementation of the forward."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
 import runpy
 from pathlib import Path
 
@@ -25,6 +31,22 @@ from conftest import TINY_VIT, random_clip
 
 timm = pytest.importorskip("timm")
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_lseg.py"
+KEYS = Path(__file__).parent / "fixtures" / "lseg" / "official_lsegnet_keys.json.gz"
+
+
+def official_keys() -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """{'clip_vitl16_384/arch0': [(name, shape), ...], ...} as lang-seg's LSegNet.state_dict()."""
+    data = json.loads(gzip.decompress(KEYS.read_bytes()))
+    return {v: [(k, tuple(shape)) for k, shape in keys] for v, keys in data["variants"].items()}
+
+
+def official_state(variant: str) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(shape, device="meta") for k, shape in official_keys()[variant]}
+
+
+def name_pattern(key: str) -> str:
+    """A key with its block indices replaced, to compare layouts of different depths."""
+    return re.sub(r"(blocks|resblocks)\.\d+\.", r"\1.N.", key)
 
 
 # --- the official layout, module for module (names as in lang-seg's lseg_vit/lseg_blocks) ---
@@ -188,25 +210,54 @@ def test_converted_checkpoint_loads_strictly_and_matches_the_official_forward(tm
     assert torch.allclose(ours, ref, atol=1e-3), (ours - ref).abs().max()
 
 
-def test_real_vit_l16_layout_maps_without_missing_or_unexpected_keys():
-    c = open_clip.get_model_config("ViT-B-32-quickgelu")
-    with torch.device("meta"):
-        vit = timm.create_model("vit_large_patch16_384", pretrained=False)
-        clip = open_clip.CLIP(c["embed_dim"], c["vision_cfg"], c["text_cfg"], quick_gelu=True)
-        official = Official(vit, clip, [256, 512, 1024, 1024], 256, 512)
-    state = {k[len("net."):]: v for k, v in official.state_dict().items()}
-    conv = convert(state)
-    assert conv.model.timm.name == "vit_large_patch16_384" and conv.model.layers == [5, 11, 17, 23]
-    assert conv.model.strides == [4, 8, 16, 32] and conv.model.channels == [256, 512, 1024, 1024]
+def test_the_fixture_is_the_official_layout():
+    keys = official_keys()
+    assert sorted(keys) == [f"{b}/arch{a}" for b in ("clip_vitb32_384", "clip_vitl16_384") for a in (0, 1, 2)]
+    l16 = dict(keys["clip_vitl16_384/arch0"])
+    assert len(l16) == 730 and l16["pretrained.model.pos_embed"] == (1, 577, 1024)
+    assert l16["pretrained.act_postprocess4.4.weight"] == (1024, 1024, 3, 3)
+    assert l16["scratch.head1.weight"] == (512, 256, 1, 1)
+    assert dict(keys["clip_vitl16_384/arch1"])["scratch.head_block.depthwise.depthwise.weight"] == (1, 1, 3, 3)
+
+
+def test_small_stand_in_has_the_official_names():
+    """The small net the logits test converts has exactly the official key names (block
+    counts aside): only the ViT and CLIP sizes differ from lang-seg's."""
+    ours = {name_pattern(k) for k in small_official().net.state_dict()}
+    ref = {name_pattern(k) for k, _ in official_keys()["clip_vitl16_384/arch0"]}
+    assert ours == ref, (sorted(ours - ref)[:5], sorted(ref - ours)[:5])
+    ours_block = {name_pattern(k) for k in small_official(head_block=True).net.state_dict()}
+    assert ours_block == {name_pattern(k) for k, _ in official_keys()["clip_vitl16_384/arch2"]}
+
+
+@pytest.mark.parametrize("variant", ["clip_vitl16_384/arch0", "clip_vitl16_384/arch1", "clip_vitl16_384/arch2",
+                                     "clip_vitb32_384/arch0", "clip_vitb32_384/arch1", "clip_vitb32_384/arch2"])
+def test_official_layouts_map_without_missing_or_unexpected_keys(variant):
+    state = official_state(variant)
+    backbone, arch = variant.split("/")
+    option = int(arch[-1])
+    conv = convert(state, arch_option=option or None, block_depth=2 if option else None)
+    vit_l = backbone == "clip_vitl16_384"
+    assert conv.model.timm.name == ("vit_large_patch16_384" if vit_l else "vit_base_patch32_384")
+    assert conv.model.layers == ([5, 11, 17, 23] if vit_l else [2, 5, 8, 11])   # the official hooks
+    assert conv.model.strides == [4, 8, 16, 32] and conv.model.features == 256 and conv.model.use_bn
+    assert conv.model.channels == ([256, 512, 1024, 1024] if vit_l else [96, 192, 384, 768])
+    assert conv.model.arch_option == option
     assert conv.text_dim == 512 and guess_clip_arch(conv.clip_state) == "ViT-B-32-quickgelu"
     with torch.device("meta"):
         ours = LSegNet(TimmViTEncoder(conv.model.timm.name, conv.model.layers), conv.model, conv.text_dim)
-    check_state(ours.state_dict(), conv.head_state, "ViT-L/16 layout")   # raises on any mismatch
+        c = open_clip.get_model_config("ViT-B-32-quickgelu")
+        clip = open_clip.CLIP(c["embed_dim"], c["vision_cfg"], c["text_cfg"], quick_gelu=True)
+    check_state(ours.state_dict(), conv.head_state, variant)        # raises on any mismatch
+    check_state(clip.state_dict(), conv.clip_state, variant + " CLIP")
     assert len(conv.head_state) + len(conv.clip_state) + len(conv.dropped) == len(state)
+    assert sorted(conv.dropped) == sorted(
+        ["net.pretrained.model.head.weight", "net.pretrained.model.head.bias"]
+        + [f"net.{k}" for k in state if k.startswith("scratch.refinenet4.resConfUnit1.")])
 
 
 def test_spatial_block_needs_its_variant_and_unknown_keys_are_named(tmp_path):
-    state = {k[len("net."):]: v for k, v in small_official(head_block=True).state_dict().items()}
+    state = official_state("clip_vitl16_384/arch1")
     with pytest.raises(UserError, match="--arch-option"):
         convert(state)
     conv = convert(state, arch_option=1, block_depth=2)

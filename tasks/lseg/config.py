@@ -137,9 +137,11 @@ class AugmentConfig:
 
 @dataclass
 class InferConfig:
-    """Single-scale: long side resized to `size`. Multi-scale: the paper's protocol (long
-    side base_size x scale, sliding crop_size windows at `stride`, horizontal flip, logits
-    summed). Sizes left at null come from the head's own description (lseg_head.json)."""
+    """Single-scale: long side resized to `size`. Multi-scale: the official evaluator (long
+    side ceil(base_size x scale), align_corners bilinear resize, sliding crop_size windows at
+    `stride` (official: int(crop_size x 2/3)), horizontal flip, each scale's scores resized to
+    the input size and summed). Sizes left at null come from the head's own description
+    (lseg_head.json)."""
 
     size: int | None = checked(None, ge=1)
     multi_scale: bool = False

@@ -1,10 +1,19 @@
 """Inference on images of any size: single-scale, or the paper's multi-scale + flip +
 sliding-window protocol; memory stays bounded whatever the input size.
 
-Images are resized with PIL from their 8-bit pixels (never as a full-size float
-tensor), windows are batched, label scores are accumulated at the working resolution
-(the long side at `size`, or at `base_size` for multi-scale) and brought to the input
-size in bands of rows that fit `max_elements`, taking the argmax band by band.
+Single-scale: the image is resized with PIL from its 8-bit pixels, one forward pass, label
+scores at the working resolution (long side `size`), brought to the input size in bands
+of rows that fit `max_elements`, taking the argmax band by band.
+
+Multi-scale follows lang-seg's evaluator (`additional_utils/encoding_models.py`,
+`MultiEvalModule.forward`, PyTorch-Encoding's algorithm) step for step: per scale the
+image is resized with bilinear `align_corners=True` interpolation (no antialiasing) so
+its long side is ceil(base_size x scale), run whole (padded to crop_size) or in
+crop_size sliding windows, flip logits added, window overlaps averaged; each scale's
+scores are resized (bilinear, align_corners) to the ORIGINAL image size and summed there.
+The resizes are computed band by band from gathered rows (`bilinear_rows`), so neither
+the full-size float image nor, when the per-scale maps are smaller, the full-size score
+sum is ever materialised.
 """
 from __future__ import annotations
 
@@ -30,6 +39,43 @@ def fit_long_side(height: int, width: int, long: int) -> tuple[int, int]:
 
 def round_up(n: int, multiple: int) -> int:
     return max(multiple, int(math.ceil(n / multiple)) * multiple)
+
+
+def _axis(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of bilinear align_corners=True resizing along one axis
+    (PyTorch's formula: src = dst * (n_in - 1) / (n_out - 1), 0 when n_out == 1)."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = torch.arange(n_out, dtype=torch.float32, device=device) * scale
+    i0 = src.long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0, i1, src - i0.float()
+
+
+def bilinear_rows(rows, size_in: tuple[int, int], size: tuple[int, int], r0: int, r1: int,
+                  device) -> torch.Tensor:
+    """Rows r0:r1 of `F.interpolate(x, size, mode='bilinear', align_corners=True)` for a
+    [C, h, w] source x, reading only the source rows needed: `rows(idx)` returns x's rows
+    `idx` (a LongTensor) as a float [C, len(idx), w] tensor."""
+    (h, w), (H, W) = size_in, size
+    y0, y1, ly = _axis(h, H, device)
+    x0, x1, lx = _axis(w, W, device)
+    band = torch.lerp(rows(y0[r0:r1]), rows(y1[r0:r1]), ly[r0:r1].view(1, -1, 1))   # [C, r, w]
+    return band.index_select(-1, x0).lerp_(band.index_select(-1, x1), lx)              # [C, r, W]
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25) -> torch.Tensor:
+    """F.interpolate(x[None], size, mode='bilinear', align_corners=True)[0] for [C, h, w] x,
+    computed in bands of output rows."""
+    c, h, w = x.shape
+    H, W = size
+    if (h, w) == (H, W):
+        return x.float()
+    out = torch.empty(c, H, W, device=x.device)
+    step = max(1, max_elements // max(1, c * max(w, W) * 3))
+    for r0 in range(0, H, step):
+        r1 = min(H, r0 + step)
+        out[:, r0:r1] = bilinear_rows(lambda idx: x.index_select(1, idx).float(), (h, w), (H, W), r0, r1, x.device)
+    return out
 
 
 def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25) -> np.ndarray:
@@ -141,46 +187,108 @@ class Segmenter:
     # scores ------------------------------------------------------------------------
     @torch.no_grad()
     def scores(self, image: Image.Image) -> torch.Tensor:
-        """[K, h, w] label scores at the working resolution (aspect ratio of the image)."""
-        return self._multi_scale(image) if self.cfg.multi_scale else self._single_scale(image)
+        """Single-scale: [K, h, w] label scores at the working resolution (long side `size`).
+        Multi-scale: the official evaluator's [K, H, W] sum at the image's own size (K x H x W
+        floats; `predict` never builds it when the per-scale maps are smaller)."""
+        if not self.cfg.multi_scale:
+            return self._single_scale(image)
+        H, W = image.height, image.width
+        total = torch.zeros(self.num_labels, H, W, device=self.device)
+        for out in self.scale_scores(image):
+            self._add_resized(total, out)
+        return total
 
     def _single_scale(self, image: Image.Image) -> torch.Tensor:
         oh, ow = fit_long_side(image.height, image.width, self.size)
         x = self._pad(self._pixels(image, oh, ow), round_up(oh, self.patch), round_up(ow, self.patch))
         return self._run([x], flip=False)[0][:, :oh, :ow]
 
-    def _multi_scale(self, image: Image.Image) -> torch.Tensor:
+    def scale_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of the image at each scale: long side ceil(base_size x scale), the short
+        side int(x + 0.5), as the official evaluator."""
+        return [fit_long_side(height, width, math.ceil(self.cfg.base_size * s)) for s in self.cfg.scales]
+
+    def _pixels_bilinear(self, rgb: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """[1, 3, h, w] in [0, 1]: the 8-bit image resized as the official evaluator does
+        (F.interpolate, bilinear, align_corners=True, no antialiasing), band by band."""
+        H, W = rgb.shape[:2]
+        dev = self.device
+
+        def rows(idx: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(rgb[idx.cpu().numpy()]).to(dev).permute(2, 0, 1).float().div_(255.0)
+
+        if (H, W) == (height, width):
+            return rows(torch.arange(H))[None]
+        out = torch.empty(3, height, width, device=dev)
+        step = max(1, self.cfg.max_elements // (9 * max(W, width)))
+        for r0 in range(0, height, step):
+            r1 = min(height, r0 + step)
+            out[:, r0:r1] = bilinear_rows(rows, (H, W), (height, width), r0, r1, dev)
+        return out[None]
+
+    def scale_scores(self, image: Image.Image):
+        """Yields, per scale, the official evaluator's `outputs` [K, h_s, w_s]: the scaled
+        image run whole (padded to crop_size) or in sliding windows, flips added,
+        overlaps averaged, cropped to the scaled image."""
         cfg = self.cfg
-        h, w = image.height, image.width
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        rgb = np.asarray(image, dtype=np.uint8)
         crop, stride = cfg.crop_size, cfg.stride
-        canon = fit_long_side(h, w, cfg.base_size)
-        total = torch.zeros(self.num_labels, *canon, device=self.device)
-        for scale in cfg.scales:
-            long = int(math.ceil(cfg.base_size * scale))
-            oh, ow = fit_long_side(h, w, long)
-            x = self._pixels(image, oh, ow)
+        for scale, (oh, ow) in zip(cfg.scales, self.scale_sizes(image.height, image.width)):
+            long = math.ceil(cfg.base_size * scale)
+            x = self._pixels_bilinear(rgb, oh, ow)
             if long <= crop:
-                out = self._run([self._pad(x, crop, crop)], cfg.flip)[0][:, :oh, :ow]
-            else:
-                x = self._pad(x, max(oh, crop), max(ow, crop))
-                ph, pw = x.shape[-2:]
-                wins = windows(ph, pw, crop, stride)
-                crops = [self._pad(x[..., b.h0:b.h1, b.w0:b.w1], crop, crop) for b in wins]
-                acc = torch.zeros(self.num_labels, ph, pw, device=self.device)
-                count = torch.zeros(1, ph, pw, device=self.device)
-                for b, logits in zip(wins, self._run(crops, cfg.flip)):
-                    acc[:, b.h0:b.h1, b.w0:b.w1] += logits[:, :b.h1 - b.h0, :b.w1 - b.w0]
-                    count[:, b.h0:b.h1, b.w0:b.w1] += 1
-                out = (acc / count)[:, :oh, :ow]
-            if (oh, ow) != canon:
-                out = F.interpolate(out[None], size=canon, mode="bilinear", align_corners=True)[0]
+                yield self._run([self._pad(x, crop, crop)], cfg.flip)[0][:, :oh, :ow]
+                continue
+            x = self._pad(x, max(oh, crop), max(ow, crop))
+            ph, pw = x.shape[-2:]
+            wins = windows(ph, pw, crop, stride)
+            crops = [self._pad(x[..., b.h0:b.h1, b.w0:b.w1], crop, crop) for b in wins]
+            del x
+            acc = torch.zeros(self.num_labels, ph, pw, device=self.device)
+            count = torch.zeros(1, ph, pw, device=self.device)
+            for b, logits in zip(wins, self._run(crops, cfg.flip)):
+                acc[:, b.h0:b.h1, b.w0:b.w1] += logits[:, :b.h1 - b.h0, :b.w1 - b.w0]
+                count[:, b.h0:b.h1, b.w0:b.w1] += 1
+            yield (acc / count)[:, :oh, :ow]
+
+    def _add_resized(self, total: torch.Tensor, out: torch.Tensor) -> None:
+        """total [K, H, W] += out resized (bilinear, align_corners) to H x W, band by band."""
+        k, H, W = total.shape
+        h, w = out.shape[-2:]
+        if (h, w) == (H, W):
             total += out
-        return total
+            return
+        step = max(1, self.cfg.max_elements // max(1, k * max(w, W) * 3))
+        for r0 in range(0, H, step):
+            r1 = min(H, r0 + step)
+            total[:, r0:r1] += bilinear_rows(lambda idx: out.index_select(1, idx), (h, w), (H, W), r0, r1, out.device)
 
     # masks -------------------------------------------------------------------------
+    @torch.no_grad()
     def predict(self, image: Image.Image) -> np.ndarray:
         """[H, W] label indices at the image's own size (uint8, or int32 for > 256 labels)."""
-        return upsample_argmax(self.scores(image), (image.height, image.width), self.cfg.max_elements)
+        H, W = image.height, image.width
+        if not self.cfg.multi_scale:
+            return upsample_argmax(self.scores(image), (H, W), self.cfg.max_elements)
+        k = self.num_labels
+        dtype = np.uint8 if k <= 256 else np.int32
+        if H * W <= sum(h * w for h, w in self.scale_sizes(H, W)):
+            # the official way: sum at the image's size (no bigger than the per-scale maps)
+            return self.scores(image).argmax(0).cpu().numpy().astype(dtype)
+        # keep each scale's map and sum their resizes band by band (same numbers)
+        maps = list(self.scale_scores(image))
+        out = np.empty((H, W), dtype=dtype)
+        step = max(1, self.cfg.max_elements // max(1, k * W * 3))
+        for r0 in range(0, H, step):
+            r1 = min(H, r0 + step)
+            band = torch.zeros(k, r1 - r0, W, device=self.device)
+            for m in maps:
+                h, w = m.shape[-2:]
+                band += bilinear_rows(lambda idx, m=m: m.index_select(1, idx), (h, w), (H, W), r0, r1, m.device)
+            out[r0:r1] = band.argmax(0).cpu().numpy().astype(dtype)
+        return out
 
 
 def fractions(mask: np.ndarray, labels: list[str]) -> dict[str, float]:
