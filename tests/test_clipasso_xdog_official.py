@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("scipy")
-pytest.importorskip("skimage")
+import scipy  # noqa: F401,E402 - the sketch/dev extras install both; missing must fail
+import skimage  # noqa: F401,E402
 
 from clipheads.core.data.images import load_image_rgba  # noqa: E402
 from clipheads.tasks.clipasso.edges import xdog_official  # noqa: E402

@@ -29,7 +29,7 @@ from clipheads.tasks.lseg.weights import check_state
 
 from conftest import TINY_VIT, random_clip
 
-timm = pytest.importorskip("timm")
+import timm  # noqa: E402 - the dev extra installs it
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_lseg.py"
 KEYS = Path(__file__).parent / "fixtures" / "lseg" / "official_lsegnet_keys.json.gz"
 

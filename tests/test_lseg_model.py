@@ -127,7 +127,6 @@ def test_resnet_backbone_is_refused(openai_checkpoint):
 
 
 def test_timm_encoder_any_size_and_trainable(backbone):
-    pytest.importorskip("timm")
     cfg = small_cfg(encoder="timm", layers=[0, 1, 3], timm=TimmConfig(
         name="vit_base_patch16_384", kwargs=dict(embed_dim=32, depth=4, num_heads=2, patch_size=8, img_size=32)))
     net = build_net(cfg, backbone, text_dim=16)
