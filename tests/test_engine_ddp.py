@@ -15,7 +15,6 @@ from torch.utils.data import Dataset
 from clipheads.core.engine import TrainConfig, Trainer, contrastive_loss, seed_everything
 from clipheads.core.engine import distributed as D
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 
 N, DIM_I, DIM_T = 16, 5, 7
 
