@@ -12,7 +12,7 @@ from PIL import Image
 from clipheads.core import demo as demo_mod
 from clipheads.core.demo import GALLERY_IMAGE_HEIGHT, MAX_THREADS, build_gallery, torch_threads
 from clipheads.core.errors import UserError
-from clipheads.tasks.lseg.render import legend, palette
+from clipheads.core.segmentation.render import legend, palette
 from clipheads.tasks.lseg.weights import bundled_head_dir, read_info
 
 QUICK = {"clipasso": ["demo.iterations=2", "demo.seeds=1", "demo.strokes=4"]}

@@ -16,11 +16,11 @@ from PIL import Image, ImageDraw
 from clipheads.core.backbone import FrozenCLIP
 from clipheads.core.cli import main
 from clipheads.core.config import load_config, resolve_config_path
+from clipheads.core.segmentation.evaluation import tiny_world_report
 from clipheads.core.task import Context
 from clipheads.core.tinyworld import CATEGORIES
 from clipheads.tasks.lseg import LSegTask
 from clipheads.tasks.lseg.data import tiny_world_eval
-from clipheads.tasks.lseg.evaluation import tiny_world_report
 from clipheads.tasks.lseg.weights import bundled_head_dir, read_info
 
 from drawings import PIL_RGB, draw_shape

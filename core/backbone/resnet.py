@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .pos_embed import resize_grid_positions
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
@@ -33,12 +34,8 @@ def _pool_positions(pool: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
     side = int(round((pos.shape[0] - 1) ** 0.5))
     if (side, side) == tuple(grid):
         return pos
-    patch = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    # as open_clip.model.resize_pos_embed resizes ViT position embeddings (antialias=True:
-    # PIL's bicubic kernel, also when enlarging)
-    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False,
-                          antialias=True)
-    patch = patch.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    # as open_clip.model.resize_pos_embed resizes ViT position embeddings (antialiased bicubic)
+    patch = resize_grid_positions(pos[1:], (side, side), grid, antialias=True)
     return torch.cat([pos[:1], patch], dim=0)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .pos_embed import resize_grid_positions
 
 
 def patch_grid(visual: nn.Module, height: int, width: int) -> tuple[int, int]:
@@ -30,15 +31,10 @@ def position_embedding(visual: nn.Module, grid: tuple[int, int]) -> torch.Tensor
     pos = visual.positional_embedding
     if tuple(grid) == tuple(visual.grid_size):
         return pos
-    cls_pos, patch_pos = pos[:1], pos[1:]
-    gh, gw = visual.grid_size
-    patch_pos = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     # exactly open_clip.model.resize_pos_embed (what open_clip does when it loads weights
-    # into a model of another image size): bicubic with antialias=True, which in PyTorch is
-    # PIL's bicubic kernel (a=-0.5) for enlarging too, not the plain one (a=-0.75)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False,
-                              antialias=True)
-    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    # into a model of another image size): antialiased bicubic
+    patch_pos = resize_grid_positions(pos[1:], visual.grid_size, grid, antialias=True)
+    cls_pos = pos[:1]
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 

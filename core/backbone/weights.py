@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, first_line
+from ..state_dict import check_state_dict, state_dict_problems
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +235,8 @@ def load_into(model: nn.Module, ckpt: CheckpointFile, arch: str, quick_gelu: boo
 def _check_keys(ckpt: CheckpointFile, arch: str, own: Mapping[str, torch.Tensor],
                 state: Mapping[str, torch.Tensor]) -> None:
     """Missing, unexpected and mis-shaped keys in one line, with the architectures it fits."""
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-    if not (missing or unexpected or mismatched):
+    if not state_dict_problems(own, state):
         return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected),
-                         ("shape mismatch", mismatched)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
     guess = [g for g in _guess_arch(state) if g != arch]
     hint = f"; it looks like {' or '.join(guess)}" if guess else ""
-    raise UserError(f"{ckpt.path} does not fit architecture '{arch}': "
-                    f"{'; '.join(parts)}{hint}")
+    check_state_dict(own, state, str(ckpt.path), f"architecture '{arch}'", hint)

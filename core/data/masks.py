@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,13 +39,17 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
 class SegmentationFolder(Dataset):
     """(PIL image, H x W uint8 mask tensor) pairs; `transform(image, mask)` is applied last.
 
-    Images without a mask file are skipped at construction (one log line each, counted in
-    `self.skips`); a mask whose size differs from its image raises UserError naming both.
+    Pairs are every image of `image_dir` (sorted), or, with `names` (a split list, as
+    mmsegmentation's `split=` file), `NAME + image_suffix` in that order; each pairs with
+    `ann_dir / NAME + mask_suffix`. Pairs with a missing file are skipped at construction
+    (one log line each, counted in `self.skips`); a mask whose size differs from its image
+    raises UserError naming both.
     """
 
     def __init__(self, image_dir: str | os.PathLike[str], ann_dir: str | os.PathLike[str],
                  transform: JointTransform | None = None, reduce_zero_label: bool = False,
-                 ignore_index: int = IGNORE_INDEX):
+                 ignore_index: int = IGNORE_INDEX, names: Sequence[str] | None = None,
+                 image_suffix: str = ".jpg", mask_suffix: str = ".png"):
         self.image_dir, self.ann_dir = Path(image_dir), Path(ann_dir)
         for what, folder in (("image", self.image_dir), ("annotation", self.ann_dir)):
             if not folder.is_dir():
@@ -58,15 +62,21 @@ class SegmentationFolder(Dataset):
         self.ignore_index = ignore_index
         self.skips = SkipCounter(f"masks:{self.ann_dir}")
         self.pairs: list[tuple[Path, Path]] = []
-        for img in sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            ann = self.ann_dir / f"{img.stem}.png"
-            if ann.is_file():
+        if names is None:
+            images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            images = [self.image_dir / f"{name}{image_suffix}" for name in names]
+        for img in images:
+            ann = self.ann_dir / f"{img.stem}{mask_suffix}"
+            if not img.is_file():
+                self.skips.skip(str(img), "image file not found", kind="missing")
+            elif ann.is_file():
                 self.pairs.append((img, ann))
             else:
                 self.skips.skip(str(img), f"no annotation {ann}", kind="missing")
         if not self.pairs:
             raise UserError(f"no image/mask pairs in {self.image_dir} and {self.ann_dir}; masks must "
-                            "be PNGs named like their images (NAME.jpg -> NAME.png)")
+                            f"be PNGs named like their images (NAME.jpg -> NAME{mask_suffix})")
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "cleanup": "distributed", "init_distributed": "distributed", "is_main_process": "distributed",
     "NonFiniteError": "guards",
     "contrastive_loss": "losses",
+    "gather_for_global_loss": "losses",
     "split_decay": "optim",
     "seed_everything": "rng",
     "FitResult": "trainer", "Trainer": "trainer",

@@ -29,6 +29,16 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def gather_for_global_loss(local: torch.Tensor) -> torch.Tensor:
+    """The global batch of `local` (concatenated over ranks, rank order) for a loss that
+    every rank computes whole: only the local slice carries gradient, scaled by the world
+    size, so DDP's gradient averaging gives the one-process gradient. Identity alone."""
+    world = get_world_size()
+    if world == 1:
+        return local
+    return all_gather_with_grad(_ScaleGrad.apply(local, float(world)))
+
+
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                      logit_scale: Union[torch.Tensor, float], normalize: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch: mean of image->text and text->image CE.
@@ -46,10 +56,8 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
     if normalize:
         image_features = F.normalize(image_features, dim=-1)
         text_features = F.normalize(text_features, dim=-1)
-    world = get_world_size()
-    if world > 1:
-        image_features = all_gather_with_grad(_ScaleGrad.apply(image_features, float(world)))
-        text_features = all_gather_with_grad(_ScaleGrad.apply(text_features, float(world)))
+    image_features = gather_for_global_loss(image_features)
+    text_features = gather_for_global_loss(text_features)
     logits = logit_scale * image_features @ text_features.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))

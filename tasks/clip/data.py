@@ -6,30 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clipheads.core.tinyworld import COLOURS, SHAPES, make_scene, make_single, split_seeds
-
-TRAIN_SINGLE_EXTENT = (0.3, 0.8)  # wider than the held-out probes: big and small objects alike
-CAPTION_FORMS = ("{}", "a photo of {}.", "an image of {}.", "a picture of {}.", "{}.")
-
-
-def class_names() -> list[str]:
-    """Every colour x shape name ('red circle', ...): the zero-shot label set."""
-    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
-
-
-def _pair(args: tuple[int, int, float]) -> tuple[np.ndarray, str]:
-    """One (image uint8 HxWx3, caption) from a seed; single-object scenes are captioned
-    by their class name, wrapped in one of a few caption forms."""
-    seed, size, single_fraction = args
-    rng = np.random.default_rng(seed + 7)
-    if rng.random() < single_fraction:
-        colour, shape = COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]
-        scene = make_single(seed, colour, shape, size, extent=TRAIN_SINGLE_EXTENT) if rng.random() < 0.5 else \
-            make_scene(seed, size, n_objects=1)
-    else:
-        scene = make_scene(seed, size, n_objects=(2, 4))
-    form = CAPTION_FORMS[rng.integers(len(CAPTION_FORMS))]
-    return np.asarray(scene.image, dtype=np.uint8), form.format(scene.caption)
+from clipheads.core.tinyworld import COLOURS, SHAPES, make_single, split_seeds
+from clipheads.core.tinyworld.pairs import render_pairs
 
 
 class TinyWorldPairs(Dataset):
@@ -38,16 +16,8 @@ class TinyWorldPairs(Dataset):
 
     def __init__(self, n: int, tokenizer, size: int = 64, single_fraction: float = 0.5,
                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), split: str = "train", workers: int = 0):
-        seeds = split_seeds(split, n)
-        jobs = [(s, size, single_fraction) for s in seeds]
-        if workers > 1:
-            import multiprocessing as mp
-            with mp.get_context("spawn").Pool(workers) as pool:
-                pairs = pool.map(_pair, jobs, chunksize=256)
-        else:
-            pairs = [_pair(j) for j in jobs]
-        self.images = torch.from_numpy(np.stack([p[0] for p in pairs]))
-        self.captions = [p[1] for p in pairs]
+        images, self.captions = render_pairs(n, size, single_fraction, split, workers)
+        self.images = torch.from_numpy(images)
         self.tokens = tokenizer(self.captions)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)

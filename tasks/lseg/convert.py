@@ -19,7 +19,8 @@ import open_clip
 import torch
 
 from clipheads.core.atomic import atomic_path
-from clipheads.core.errors import UserError, first_line
+from clipheads.core.checkpoint_pickle import load_checkpoint_object
+from clipheads.core.errors import UserError
 
 from .config import ModelConfig, TimmConfig
 
@@ -48,24 +49,13 @@ class Converted:
 def load_official(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The `net.*` state dict of a Lightning checkpoint (or of a bare state dict).
 
-    Loaded with `weights_only=True` (data only) unless `trust_pickle`: a checkpoint that
-    pickles arbitrary objects could run code when loaded."""
+    Loaded without running code from the file (`clipheads.core.checkpoint_pickle`): data
+    only, or, when Lightning pickled its hyper-parameters, with those objects stubbed.
+    `trust_pickle` loads it with plain pickle instead, which may run code."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    try:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:
-        if not trust_pickle and "weights_only" in str(exc):
-            raise UserError(f"{path} pickles objects besides tensors; if you trust the file, rerun with "
-                            "--trust-pickle (loading it may run code)") from exc
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: "
-                        f"{first_line(exc, 160)})") from exc
+    obj = load_checkpoint_object(path, trust_pickle=trust_pickle).obj
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not any(k.startswith(PREFIX) for k in state):
         raise UserError(f"{path} is not an official LSeg checkpoint: no '{PREFIX}*' keys in its state dict")

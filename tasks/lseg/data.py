@@ -7,9 +7,8 @@ restores torch RNG state) reproduces the same crops.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 from clipheads.core.data.masks import SegmentationFolder
 from clipheads.core.engine.data import SampleSeeded
 from clipheads.core.errors import UserError
+from clipheads.core.segmentation.evaluation import EvalScene
 from clipheads.core.tinyworld import CATEGORIES, make_scene, split_seeds
 
 from .config import AugmentConfig
@@ -158,15 +158,6 @@ class TinyWorldSegmentation(SampleSeeded, Dataset):
         return self.transform(img, mask, self.sample_generator(index)) if self.transform else (img, mask)
 
 
-@dataclass
-class EvalScene:
-    """One evaluation image with its ground truth (label indices of the eval label set)."""
-
-    image: Image.Image
-    mask: np.ndarray
-    name: str
-
-
 def tiny_world_eval(split: str, n: int, size: int) -> list[EvalScene]:
     """Scenes of a held-out split; mask values index ['background', *CATEGORIES]."""
     images, masks, seeds = render_scenes(split, n, size)
@@ -221,3 +212,14 @@ class FolderSegmentation(SampleSeeded, Dataset):
                             f"but only {self.num_labels} class names are known; fix the labels file "
                             "or data.reduce_zero_label")
         return self.transform(image, mask, self.sample_generator(index)) if self.transform else (image, mask)
+
+
+def folder_scenes(ds: FolderSegmentation, limit: int | None = None) -> Iterator[EvalScene]:
+    """Readable (image, mask) pairs of a folder dataset; unreadable ones are skipped (counted
+    in `ds.skipped`)."""
+    n = len(ds) if limit is None else min(limit, len(ds))
+    for i in range(n):
+        item = ds[i]
+        if item is not None:
+            image, mask = item
+            yield EvalScene(image, mask.numpy() if isinstance(mask, torch.Tensor) else mask, ds.name(i))

@@ -20,6 +20,7 @@ from PIL import Image
 from clipheads.core.data.images import load_image
 from clipheads.core.data.masks import read_label_png
 from clipheads.core.errors import UserError
+from clipheads.core.segmentation.metrics import binary_counts
 
 from .labels import read_label_file
 
@@ -29,7 +30,6 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
 OTHERS = "others"
-IGNORE = 255
 Predict = Callable[[Image.Image, list[str]], np.ndarray]
 
 
@@ -110,18 +110,6 @@ def episode_schedule(queries: Sequence[Episode], n: int) -> dict[tuple[str, int]
         q = queries[i % len(queries)]
         counts[(q.name, q.class_id)] = counts.get((q.name, q.class_id), 0) + 1
     return counts
-
-
-def binary_counts(pred: np.ndarray, gt: np.ndarray, class_id: int) -> np.ndarray:
-    """[2 (bg, fg), 2 (inter, union)] pixel counts of one episode (ignore pixels skipped)."""
-    if pred.shape != gt.shape:
-        raise UserError(f"prediction {pred.shape} and mask {gt.shape} differ in size")
-    keep = gt != IGNORE
-    fg_gt = (gt == class_id) & keep
-    fg_pr = (pred == 1) & keep
-    bg_gt, bg_pr = keep & ~fg_gt, keep & ~fg_pr
-    return np.array([[np.sum(bg_gt & bg_pr), np.sum(bg_gt | bg_pr)],
-                     [np.sum(fg_gt & fg_pr), np.sum(fg_gt | fg_pr)]], dtype=np.float64)
 
 
 def evaluate_fold(data: VOCFolder, fold: int, predict: Predict, episodes: int = 1000) -> FoldResult:

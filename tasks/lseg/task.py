@@ -169,7 +169,7 @@ class LSegTask(Task):
         every input is decoded before the first output is written."""
         from clipheads.core.data.images import check_image_inputs, load_image
 
-        from .render import mask_image, overlay, save_png
+        from clipheads.core.segmentation.render import mask_image, overlay, save_png
         if len(labels) == 1:
             log.warning("only one label (%s): every pixel gets it; add a contrast label such as "
                         "'other'", labels[0])
@@ -208,9 +208,8 @@ class LSegTask(Task):
         from clipheads.core.data.skipping import SkipNoneCollate
         from clipheads.core.tinyworld import CATEGORIES
 
-        from .data import (FolderSegmentation, TinyWorldSegmentation, TrainAugment, tiny_world_eval,
-                           tiny_world_labels)
-        from .evaluation import folder_scenes
+        from .data import (FolderSegmentation, TinyWorldSegmentation, TrainAugment, folder_scenes,
+                           tiny_world_eval, tiny_world_labels)
         from .labels import folder_labels
         cfg, d = self.cfg, self.cfg.data
         cfg.model.validate()
@@ -276,7 +275,8 @@ class LSegTask(Task):
         return module.param_groups(self.cfg.head_lr_mult)
 
     def evaluate_module(self, module: "torch.nn.Module") -> dict[str, float]:
-        from .evaluation import confusion
+        from clipheads.core.segmentation.evaluation import confusion
+
         from .inference import Segmenter
         d = self.cfg.data
         seen = [i for i, n in enumerate(self._eval_labels) if n not in self._heldout]
@@ -288,8 +288,9 @@ class LSegTask(Task):
         """Tiny world: the open-vocabulary report on the test split; folders: validation mIoU."""
         if self.cfg.data.source != "tiny-world":
             return super().final_metrics(module, last_eval)
+        from clipheads.core.segmentation.evaluation import tiny_world_report
+
         from .data import tiny_world_eval
-        from .evaluation import tiny_world_report
         from .inference import Segmenter
         d, quick = self.cfg.data, self._quick_infer()
         scenes = tiny_world_eval("test", self.cfg.eval.n_scenes, d.scene_size)
@@ -325,10 +326,10 @@ class LSegTask(Task):
         icfg = self.infer_config(info, size, multi_scale)
         if protocol == "pascal5i":
             return self._pascal5i(net, templates, icfg, data, fold)
-        from .evaluation import confusion, folder_scenes, tiny_world_report
+        from clipheads.core.segmentation.evaluation import confusion, tiny_world_report
         limit = limit or self.cfg.eval.limit
         if data is not None:
-            from .data import FolderSegmentation
+            from .data import FolderSegmentation, folder_scenes
             from .labels import folder_labels
             d = self.cfg.data
             names = folder_labels(Path(data), d.labels, d.labels_file, d.reduce_zero_label)
@@ -391,7 +392,7 @@ class LSegTask(Task):
         from clipheads.core.data.images import load_image
         from clipheads.core.tinyworld import CATEGORIES
 
-        from .render import overlay, palette, save_png
+        from clipheads.core.segmentation.render import overlay, palette, save_png
         from .weights import bundled_head_dir, read_info
         labels = [self.cfg.data.background, *CATEGORIES]
         try:
@@ -420,7 +421,7 @@ def _save_legend(names: list[str], colours: "np.ndarray", path: Path) -> None:
     """A legend PNG drawn at the gallery's picture height, so its text is not rescaled."""
     from clipheads.core.demo import GALLERY_IMAGE_HEIGHT
 
-    from .render import legend, save_png
+    from clipheads.core.segmentation.render import legend, save_png
     save_png(legend(names, colours, height=GALLERY_IMAGE_HEIGHT), path)
 
 

@@ -9,7 +9,6 @@ clipheads/tasks/lseg/assets/lseg_tiny/.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from clipheads.core.atomic import atomic_path, atomic_write_text
 from clipheads.core.config import from_dict
 from clipheads.core.errors import UserError
+from clipheads.core.head_folder import HeadFolder
+from clipheads.core.state_dict import check_state_dict, load_state_dict_strict
 
 from .config import ModelConfig
 
@@ -50,8 +48,8 @@ class HeadInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}
+FOLDER = HeadFolder(WEIGHTS.split(".")[0], FORMAT, VERSION, "LSeg head",
+                    "'clipheads lseg train' or tools/convert_lseg.py")
 
 
 def bundled_head_dir() -> Path:
@@ -60,68 +58,34 @@ def bundled_head_dir() -> Path:
 
 def head_files(path: str | Path) -> tuple[Path, Path]:
     """(weights, json) for a head folder or either of its two files."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    return folder / WEIGHTS, folder / META
+    return FOLDER.files(path)
 
 
 def save_head(folder: Path, state: dict[str, torch.Tensor], info: HeadInfo, half: bool = False) -> Path:
-    """Write the net's state dict and its description atomically (temporary names, then
-    renamed); `half` stores floats as fp16. Returns the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu()).contiguous()
-             for k, v in state.items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    atomic_write_text(folder / META, json.dumps(info.to_json(), indent=2) + "\n")
-    return folder
+    """Write the net's state dict and its description atomically; `half` stores floats as
+    fp16. Returns the folder."""
+    return FOLDER.save(folder, state, dataclasses.asdict(info), half=half)
 
 
 def read_info(path: str | Path) -> HeadInfo:
-    weights, meta = head_files(path)
-    if not meta.is_file() or not weights.is_file():
-        raise UserError(f"no LSeg head at {path}: expected {WEIGHTS} and {META} (the 'head' folder "
-                        "written by 'clipheads lseg train' or tools/convert_lseg.py)")
-    try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {meta}: {exc}") from exc
-    if data.get("format") != FORMAT:
-        raise UserError(f"{meta} is not an LSeg head description (format {data.get('format')!r})")
-    if int(data.get("version", 0)) > VERSION:
-        raise UserError(f"{meta} has version {data['version']}; this clipheads reads up to "
-                        f"{VERSION}: upgrade clipheads")
-    body = {k: v for k, v in data.items() if k not in ("format", "version")}
+    body = FOLDER.read_info(path)
+    meta = FOLDER.files(path)[1]
     body["model"] = from_dict(ModelConfig, body.get("model", {}), where=f"{meta}.model")
     return from_dict(HeadInfo, body, where=str(meta))
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
-    weights, _ = head_files(path)
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise UserError(f"cannot read {weights}: truncated or corrupt ({type(exc).__name__})") from exc
+    return FOLDER.read_state(path)
 
 
 def check_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
     """Missing, unexpected and mis-shaped keys, named in one line (works on meta tensors)."""
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-           for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        parts = [f"{len(v)} {name}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
-                 for name, v in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", bad)) if v]
-        raise UserError(f"{where} does not fit this LSeg net: {'; '.join(parts)}")
+    check_state_dict(own, state, where, "this LSeg net")
 
 
 def load_state(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Strict load after `check_state`."""
-    own = net.state_dict()
-    check_state(own, state, where)
-    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    load_state_dict_strict(net, state, where, "this LSeg net")
 
 
 def check_backbone(info: HeadInfo, backbone, where: str) -> None:

@@ -1,5 +1,6 @@
-"""Writing masks and overlays: label-index PNGs (the CLI contract) and colour overlays,
-each written under a temporary name and renamed, so no half-written file is left."""
+"""Writing segmentation masks and overlays: label-index PNGs (the CLI contract of every
+segmentation head), colour overlays and legends, each written under a temporary name and
+renamed, so no half-written file is left."""
 from __future__ import annotations
 
 import colorsys

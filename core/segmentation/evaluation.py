@@ -1,25 +1,43 @@
-"""Evaluation runs: mIoU / pixel accuracy over scenes or an ADE20K-layout folder, and the
-tiny world's open-vocabulary report (training classes vs held-out classes, plus
-['background', class] episodes for each held-out class, with chance levels)."""
+"""Evaluation runs shared by the segmentation heads: mIoU / pixel accuracy of any segmenter
+over scenes, and the tiny world's open-vocabulary report (training classes vs held-out
+classes, plus ['background', class] episodes for each held-out class, with chance levels).
+
+A segmenter is anything with `.predict(PIL image) -> H x W int mask` whose values index the
+label list it was built with, so LSeg, GroupViT or an oracle evaluate the same way.
+"""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
-import torch
+from PIL import Image
 from tqdm import tqdm
 
+from clipheads.core.segmentation.metrics import ConfusionMatrix, binary_counts, chance_iou
 from clipheads.core.tinyworld import CATEGORIES
 
-from .data import EvalScene, FolderSegmentation
-from .episodes import binary_counts
-from .metrics import ConfusionMatrix, chance_iou
 
-MakeSegmenter = Callable[[list[str]], object]
+@dataclass
+class EvalScene:
+    """One evaluation image with its ground truth (label indices of the eval label set)."""
+
+    image: Image.Image
+    mask: np.ndarray
+    name: str
 
 
-def confusion(segmenter, scenes: Iterable[EvalScene], num_labels: int, ignore_index: int = 255,
-              progress: bool = False, total: int | None = None) -> ConfusionMatrix:
+class MaskPredictor(Protocol):
+    """What the evaluation needs of a segmenter: one label index per pixel."""
+
+    def predict(self, image: Image.Image) -> np.ndarray: ...
+
+
+MakeSegmenter = Callable[[list[str]], MaskPredictor]
+
+
+def confusion(segmenter: MaskPredictor, scenes: Iterable[EvalScene], num_labels: int,
+              ignore_index: int = 255, progress: bool = False, total: int | None = None) -> ConfusionMatrix:
     """Accumulate predictions of `segmenter` against each scene's ground truth."""
     cm = ConfusionMatrix(num_labels, ignore_index)
     for scene in tqdm(scenes, total=total, desc="eval", disable=not progress, leave=False):
@@ -27,19 +45,8 @@ def confusion(segmenter, scenes: Iterable[EvalScene], num_labels: int, ignore_in
     return cm
 
 
-def folder_scenes(ds: FolderSegmentation, limit: int | None = None) -> Iterable[EvalScene]:
-    """Readable (image, mask) pairs of a folder dataset; unreadable ones are skipped (counted
-    in `ds.skipped`)."""
-    n = len(ds) if limit is None else min(limit, len(ds))
-    for i in range(n):
-        item = ds[i]
-        if item is not None:
-            image, mask = item
-            yield EvalScene(image, mask.numpy() if isinstance(mask, torch.Tensor) else mask, ds.name(i))
-
-
 def tiny_world_report(make: MakeSegmenter, scenes: Sequence[EvalScene], background: str,
-                      heldout: Sequence[str], progress: bool = False) -> dict:
+                      heldout: Sequence[str], progress: bool = False) -> dict[str, Any]:
     """Open-vocabulary metrics on tiny-world scenes (mask values index [background, *shapes]).
 
     - generalized: every pixel labelled among all 1 + len(shapes) names; mIoU of the training
@@ -64,7 +71,7 @@ def tiny_world_report(make: MakeSegmenter, scenes: Sequence[EvalScene], backgrou
 
 
 def heldout_episodes(make: MakeSegmenter, scenes: Sequence[EvalScene], background: str,
-                     heldout: Sequence[str]) -> dict:
+                     heldout: Sequence[str]) -> dict[str, Any]:
     """[background, shape] episodes over the scenes that contain each held-out shape."""
     per_class, total = {}, np.zeros((2, 2))
     fg_pixels = valid_pixels = 0

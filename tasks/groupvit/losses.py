@@ -1,0 +1,51 @@
+"""GroupViT's training losses over the global batch (exact under DDP: every rank
+computes the whole loss from gathered features; see `gather_for_global_loss`).
+
+- symmetric InfoNCE between image and caption embeddings (learnable scale, clamp 100);
+- the multi-label loss: each image against the noun prompts of its caption ("a photo
+  of a {noun}."), soft targets spread over its own prompts, and each prompt against the
+  images. Official padding repeats the caption when a caption has fewer nouns than
+  prompts; here missing prompts are masked instead, so a caption without nouns adds
+  nothing (and a batch without any adds an exact zero, never NaN).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clipheads.core.engine.losses import contrastive_loss, gather_for_global_loss
+
+
+def multi_label_loss(image: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+    """`image` [B, E], `prompts` [B, P, E] (un-normalised), `valid` [B, P] bool."""
+    image = gather_for_global_loss(F.normalize(image, dim=-1))
+    prompts = gather_for_global_loss(F.normalize(prompts, dim=-1))
+    valid = gather_for_global_loss(valid.float()).bool()
+    b, p, _ = prompts.shape
+    flat, flat_valid = prompts.reshape(b * p, -1), valid.reshape(b * p)
+    if not bool(flat_valid.any()):
+        return (image.sum() + prompts.sum()) * 0.0
+    owner = torch.arange(b, device=image.device).repeat_interleave(p)
+    logits = scale * image @ flat.T                                    # [B, B*P]
+    per_image = logits.masked_fill(~flat_valid[None], float("-inf")).log_softmax(dim=-1)
+    own = (owner[None] == torch.arange(b, device=image.device)[:, None]) & flat_valid[None]
+    has = own.any(dim=-1)
+    target = own.float() / own.sum(dim=-1, keepdim=True).clamp(min=1)
+    image_side = -(target * per_image.masked_fill(~own, 0.0)).sum(dim=-1)[has].mean()
+    text_side = F.cross_entropy(logits.T[flat_valid], owner[flat_valid])
+    return 0.5 * (image_side + text_side)
+
+
+def groupvit_losses(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                    prompts: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                    multi_scale: torch.Tensor | None = None, multi_weight: float = 1.0
+                    ) -> dict[str, torch.Tensor]:
+    """{'loss': total, 'contrastive': ..., 'multi_label': ...} for one batch."""
+    out = {"contrastive": contrastive_loss(image, text, scale, normalize=True)}
+    total = out["contrastive"]
+    if prompts is not None and multi_scale is not None and multi_weight > 0:
+        out["multi_label"] = multi_label_loss(image, prompts, valid, multi_scale)
+        total = total + multi_weight * out["multi_label"]
+    out["loss"] = total
+    return out
