@@ -49,3 +49,18 @@ def drawing(colour: str, shape: str, size: int = 96, background=(245, 245, 245),
     cx, cy = centre or (size / 2, size / 2)
     draw_shape(ImageDraw.Draw(img), shape, cx, cy, radius or size * 0.3, PIL_RGB[colour])
     return img
+
+
+def two_shapes(first: tuple[str, str], second: tuple[str, str], size: int = 128,
+               background=(245, 245, 245)) -> tuple[Image.Image, "list"]:
+    """Two coloured shapes side by side on a plain background, and each one's own mask
+    (a boolean array from drawing it alone), for per-shape IoU checks."""
+    import numpy as np
+    img = Image.new("RGB", (size, size), background)
+    masks = []
+    for (colour, shape), cx in zip((first, second), (size * 0.28, size * 0.72)):
+        draw_shape(ImageDraw.Draw(img), shape, cx, size * 0.5, size * 0.2, PIL_RGB[colour])
+        alone = Image.new("L", (size, size), 0)
+        draw_shape(ImageDraw.Draw(alone), shape, cx, size * 0.5, size * 0.2, 255)
+        masks.append(np.asarray(alone) > 127)
+    return img, masks

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import sys
 
 import numpy as np
@@ -21,24 +20,11 @@ import torch
 from PIL import Image
 
 from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import median_seconds
+from clipheads.core.benchmark import measure
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.tasks.lseg.config import LSegConfig
 from clipheads.tasks.lseg.inference import Segmenter
 from clipheads.tasks.lseg.model import build_net
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per call and the peak memory while calling."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sec = median_seconds(fn, device, repeats, warmup)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb())
-    return {"seconds": round(sec, 5), "images_per_s": round(1.0 / sec, 3), "peak_mb": round(peak, 1)}
 
 
 def main(argv=None) -> dict:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--activation", default="lrelu", choices=["relu", "lrelu", "tanh"])
     p.add_argument("--clip-arch", help="open_clip architecture of net.clip_pretrained (default: guessed)")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="load a checkpoint that pickles objects besides tensors (may run code)")
+                   help="unpickle the checkpoint fully (may run code); by default objects besides tensors are read inertly")
     args = p.parse_args(argv)
     try:
         state = load_official(args.checkpoint, trust_pickle=args.trust_pickle)

@@ -138,6 +138,7 @@ class GroupViTData:
     nouns: str = checked("vocabulary", choices=("vocabulary", "nltk"))
     noun_words: list[str] = field(default_factory=list)
     prompt_templates: str = "imagenet80"
+    augment: str = checked("center", choices=("center", "deit"))  # deit: the paper's timm DeiT augmentation (shards)
     n_val: int = checked(48, ge=1)            # held-out tiny-world scenes for the mIoU during training
 
     def validate(self) -> "GroupViTData":
@@ -154,6 +155,7 @@ class GroupViTConfig(TaskConfig):
     official: OfficialModel = field(default_factory=OfficialModel)
     checkpoint: str | None = None              # trained head folder / official .pth; None = bundled
     multi_label_weight: float = checked(1.0, ge=0.0)
+    group_noun_weight: float = checked(0.0, ge=0.0)   # not in the paper: nouns matched to single groups
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     data: GroupViTData = field(default_factory=GroupViTData)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(

@@ -165,6 +165,9 @@ class GroupViTTask(Task):
             import open_clip
             import torch
             tok = open_clip.tokenizer.SimpleTokenizer(context_length=model.cfg.context_length)
+            if tok.vocab_size > model.cfg.vocab_size:
+                raise UserError(f"this GroupViT's text tower has {model.cfg.vocab_size} token embeddings but "
+                                f"CLIP's tokenizer makes ids up to {tok.vocab_size - 1}; set official.vocab_size")
             with torch.no_grad():
                 rows = []
                 for label in labels:
@@ -305,7 +308,7 @@ class GroupViTTask(Task):
         to_pixels = ImageToPixels(size, mean, std)
         if d.source == "shards":
             from clipheads.core.data.webdataset_pairs import ImageTextStream
-            transform = _shard_transform(size, mean, std)
+            transform = _shard_transform(size, mean, std, d.augment)
             return TrainData(ImageTextStream(d.shards, transform=transform, text_transform=StreamPrompts(prompts),
                                              shuffle=d.shuffle_buffer, seed=self.cfg.train.seed,
                                              num_samples=d.shard_samples), collate)
@@ -333,10 +336,9 @@ class GroupViTTask(Task):
         pixels, tokens, valid = batch
         keep = None
         if self.cfg.model == "head":   # train every group count the head may be asked for
-            g = torch.Generator().manual_seed(int(tokens.sum()) & 0x7FFFFFFF)
-            keep = int(torch.randint(self.cfg.head.groups_min, inner.max_groups + 1, (1,), generator=g))
+            keep = _shared_draw(tokens, self.cfg.head.groups_min, inner.max_groups)
         grouped = module(pixels, keep)
-        image, _ = inner.embed_groups(grouped)
+        image, groups = inner.embed_groups(grouped)
         if self.cfg.model == "official":
             text = inner.encode_text(tokens)
         else:
@@ -346,7 +348,7 @@ class GroupViTTask(Task):
         scale, multi_scale = inner.scales()
         prompts = text[:, 1:] if text.shape[1] > 1 else None
         out = groupvit_losses(image, text[:, 0], scale, prompts, valid, multi_scale,
-                              self.cfg.multi_label_weight)
+                              self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight)
         out["logit_scale"] = scale.detach()
         return out
 
@@ -440,6 +442,21 @@ class GroupViTTask(Task):
         return items
 
 
+def _shared_draw(tokens: "torch.Tensor", low: int, high: int) -> int:
+    """A group count in [low, high] drawn from the batch's content, summed over ranks, so
+    every rank keeps the same number of groups (gathered losses need equal shapes) and a
+    resumed run draws what an uninterrupted one would."""
+    import torch
+
+    from clipheads.core.engine.distributed import is_initialized
+    total = tokens.sum().double().reshape(1)
+    if is_initialized():
+        import torch.distributed as dist
+        dist.all_reduce(total)
+    g = torch.Generator().manual_seed(int(total.item()) & 0x7FFFFFFF)
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
 def _chance(cm, num_fg: int) -> dict[str, float]:
     """The mIoU of labelling every pixel uniformly at random (the floor 'above chance' means)."""
     import numpy as np
@@ -451,9 +468,21 @@ def _chance(cm, num_fg: int) -> dict[str, float]:
     return {"chance_miou": float(np.mean([chance_iou(share[i], num_fg + 1) for i in present]))}
 
 
-def _shard_transform(size: int, mean, std):
-    """Shard images (PIL) -> normalised square pixels: resize the short side, centre crop."""
-    from torchvision.transforms import v2
+def _shard_transform(size: int | Sequence[int], mean, std, augment: str):
+    """Shard images (PIL) -> normalised square pixels. `deit` is the paper's recipe (timm's
+    DeiT transform: random-resized crop 0.08-1, RandAugment m9, colour jitter 0.4, random
+    erasing 0.25); `center` resizes the short side and centre-crops."""
     import torch
-    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+    side = size if isinstance(size, int) else int(size[0])
+    if augment == "deit":
+        try:
+            from timm.data import create_transform
+        except ImportError as exc:
+            raise UserError("data.augment=deit needs timm: pip install 'clipheads[lseg]' (or use "
+                            "data.augment=center)") from exc
+        return create_transform(side, is_training=True, scale=(0.08, 1.0), interpolation="bilinear",
+                                color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                                re_mode="pixel", re_count=1, mean=tuple(mean), std=tuple(std))
+    from torchvision.transforms import v2
+    return v2.Compose([v2.ToImage(), v2.Resize(side, antialias=True), v2.CenterCrop(side),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

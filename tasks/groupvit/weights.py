@@ -108,3 +108,31 @@ def load_official(model: torch.nn.Module, path: str | Path, trust_pickle: bool =
     elif not any(k.startswith("img_encoder.") for k in state):
         hint = "; it is not a GroupViT checkpoint (no img_encoder.* keys)"
     load_state_dict_strict(model, state, str(path), "this GroupViT", hint)
+
+
+def convert_official(path: str | Path, official: OfficialModel, out: Path, to: str = "head",
+                     trust_pickle: bool = False) -> dict[str, Any]:
+    """An NVlabs / transformers GroupViT file -> a clipheads head folder (`to="head"`) or a
+    transformers-named safetensors file (`to="hf"`), after the strict load. Returns a report."""
+    from safetensors.torch import save_file
+
+    from clipheads.core.atomic import atomic_path
+
+    from .hf import official_to_hf
+    from .official import GroupViT
+    model = GroupViT(official)
+    load_official(model, path, trust_pickle)
+    state = model.state_dict()
+    if to == "hf":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        hf = {k: v.contiguous() for k, v in official_to_hf(state).items()}
+        with atomic_path(out) as tmp:
+            save_file(hf, str(tmp), metadata={"format": "pt"})
+        return {"source": str(path), "written": str(out), "layout": "transformers GroupViTModel", "keys": len(hf),
+                "dropped": [k for k in ("multi_label_logit_scale",) if k in state]}
+    if to != "head":
+        raise UserError(f"--to {to!r}: use head or hf")
+    info = HeadInfo(model="official", official=official, notes=f"converted from {Path(path).name}")
+    save_head(out, state, info)
+    return {"source": str(path), "written": str(out), "layout": "clipheads head folder (model=official)",
+            "keys": len(state)}
