@@ -63,7 +63,7 @@ def gallery(tmp_path_factory):
 
 def test_every_image_in_the_gallery_exists(gallery) -> None:
     run, cells = gallery
-    assert {h.name for h in run.heads} >= {"classify", "clipasso", "lseg"}
+    assert {h.name for h in run.heads} >= {"classify", "clipasso", "groupvit", "lseg"}
     sources = [src for cell in cells for src in cell["images"]]
     assert sources
     for src in sources:
@@ -172,3 +172,13 @@ def test_demo_budget_caps_but_keeps_smaller_values() -> None:
     run = ClipassoTask(cfg, Context(cfg))._demo_config()
     assert run.optim.iterations == 3 and run.optim.lr == cfg.demo.lr
     assert cfg.optim.lr != cfg.demo.lr  # the task's own config is untouched
+
+
+def test_groupvit_cells_show_groups_overlay_and_legend(gallery) -> None:
+    _, cells = gallery
+    cells = [c for c in cells if c["section"] == "groupvit"]
+    assert cells, "the groupvit head ran no demo"
+    for cell in cells:
+        names = [src.rsplit("/", 1)[-1] for src in cell["images"]]
+        assert len(names) == 4 and names[1].endswith("_groups.png") and names[2].endswith("_overlay.png")
+        assert names[3].endswith("_legend.png") and cell["lines"][0].endswith("groups")

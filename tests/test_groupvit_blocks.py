@@ -151,3 +151,29 @@ def test_official_model_logit_scales(multi):
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
     assert model.scales()[0].item() == 100.0
+
+
+def test_group_noun_loss_counts_every_image_naming_the_noun_as_positive():
+    from clipheads.tasks.groupvit.data import noun_id
+    from clipheads.tasks.groupvit.losses import group_noun_loss
+    torch.manual_seed(6)
+    e = F.normalize(torch.randn(3, 16), dim=-1)                 # embeddings of three nouns
+    circle, square, star = (noun_id(n) for n in ("circle", "square", "star"))
+    assert noun_id("Circle") == circle and circle != square
+    prompts = torch.stack([e[[0, 1]], e[[0, 2]], e[[1, 1]]])    # captions: {circle, square}, {circle, star}, {square}
+    ids = torch.tensor([[circle, square], [circle, star], [square, -1]])
+    valid = torch.tensor([[True, True], [True, True], [True, False]])
+    noise = 0.01 * torch.randn(3, 4, 16)
+    good = torch.stack([torch.cat([e[[0, 1]], noise[0, :2]]), torch.cat([e[[0, 2]], noise[1, :2]]),
+                        torch.cat([e[[1]], noise[2, :3]])])     # each image has a group per named noun
+    bad = good[[2, 0, 1]]                                       # groups of the wrong images
+    scale = torch.tensor(50.0)
+    low = group_noun_loss(good, prompts, valid, ids, scale)
+    assert low.item() < 0.05 and group_noun_loss(bad, prompts, valid, ids, scale).item() > 1.0
+    # distinct nouns everywhere: plain cross-entropy of prompt -> its own image (max over groups)
+    uniq = torch.arange(6).reshape(3, 2)
+    ref_logits = scale * torch.einsum("bge,ne->nbg", F.normalize(good, dim=-1),
+                                      F.normalize(prompts.reshape(6, -1), dim=-1)).max(-1).values
+    keep = valid.reshape(-1)
+    ref = F.cross_entropy(ref_logits[keep], torch.arange(3).repeat_interleave(2)[keep])
+    assert torch.allclose(group_noun_loss(good, prompts, valid, uniq, scale), ref, atol=1e-5)

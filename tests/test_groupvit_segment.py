@@ -95,3 +95,30 @@ def test_official_model_has_fixed_groups_and_checks_sizes():
         OfficialModel(image_size=30, patch_size=8).validate()
     with pytest.raises(UserError, match="one entry per stage"):
         OfficialModel(num_output_groups=[8]).validate()
+
+
+@pytest.mark.parametrize("embed", ["pooled", "groups"])
+def test_grouping_head_over_the_frozen_clip(embed):
+    """Shapes, any group count up to the head's size, the backbone kept frozen, and (pooled)
+    gradients reaching the assignment through the straight-through one-hot."""
+    from clipheads.core.backbone import FrozenCLIP
+    from clipheads.tasks.groupvit.config import HeadModel
+    from clipheads.tasks.groupvit.head import GroupingHead
+    torch.manual_seed(0)
+    bb = FrozenCLIP.from_spec("tiny-world")
+    head = GroupingHead(HeadModel(width=32, tap=1, depths=[1, 1, 0], num_heads=[2, 2, 2], num_group_tokens=[8, 4, 0],
+                                  num_output_groups=[8, 4], groups_min=2, proj_hidden=32, embed=embed), bb).train()
+    assert not any(k.startswith("_backbone") or "visual" in k for k in head.state_dict())
+    pixels = torch.randn(2, 3, 96, 96)
+    for keep in (None, 2):
+        grouped = head(pixels, keep)
+        image, groups = head.embed_groups(grouped)
+        assert grouped.grid == (12, 12) and groups.shape == (2, keep or 4, bb.embed_dim)
+        assert image.shape == (2, bb.embed_dim)
+    (image.square().sum() + groups.square().sum()).backward()
+    layer0 = head.stages.layers[0]
+    assert layer0.group_token.grad.abs().sum() > 0
+    assert layer0.downsample.assign.k_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in bb.parameters())
+    with pytest.raises(UserError, match="outputs 1..4 groups"):
+        head.group(pixels, 5)

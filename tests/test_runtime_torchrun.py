@@ -31,6 +31,19 @@ CLIP = ["--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "data.
         "--set", "model.text_cfg.layers=1", "--set", "train.optimizer=sgd", "--set", "train.lr=0.05"]
 
 
+GROUPVIT = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "data.n_train=32",
+            "--set", "data.render_workers=0", "--set", "data.n_val=2", "--set", "data.n_test=2",
+            "--set", "train.eval_every=3", "--set", "train.ckpt_every=3", "--set", "train.warmup_steps=1",
+            "--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--set", "group_noun_weight=1.0"]
+GROUPVIT_OFFICIAL = ["--set", "model=official", "--set", "official.image_size=32", "--set", "official.patch_size=8",
+                     "--set", "official.embed_dim=32", "--set", "official.depths=[1,1,1]",
+                     "--set", "official.num_heads=[2,2,2]", "--set", "official.num_group_tokens=[8,4,0]",
+                     "--set", "official.num_output_groups=[8,4]", "--set", "official.context_length=24",
+                     "--set", "official.text_width=32", "--set", "official.text_layers=1",
+                     "--set", "official.text_heads=2", "--set", "official.output_dim=16",
+                     "--set", "official.proj_hidden=32", "--set", "segment.short_side=32"]
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CLIPHEADS_CACHE=str(tmp_path / "cache"))
 
@@ -61,6 +74,21 @@ def assert_equal_states(a: dict, b: dict, atol: float = 1e-5) -> None:
 def no_leftovers(out: Path) -> None:
     hidden = [p for p in out.rglob(".*") if p.is_file()]
     assert not hidden, f"temporary files left behind: {hidden}"
+
+
+@pytest.mark.parametrize("model", ["head", "official"])
+def test_groupvit_torchrun_equals_one_process(tmp_path, model):
+    """Gathered InfoNCE + multi-label + group-noun losses, the group count every rank must
+    share, and (official) the projectors' cross-rank BatchNorm: 2 ranks = 1 process."""
+    extra = GROUPVIT + (GROUPVIT_OFFICIAL if model == "official" else [])
+    one = clipheads(tmp_path, "groupvit", "train", "--out", str(tmp_path / "one"), *extra)
+    two = clipheads(tmp_path, "groupvit", "train", "--out", str(tmp_path / "two"), *extra, nproc=2)
+    assert [s["world_size"] for s in summaries(two)] == [2]
+    assert_equal_states(model_state(tmp_path / "one", 3), model_state(tmp_path / "two", 3))
+    head = tmp_path / "two" / "head"
+    assert sorted(p.name for p in head.iterdir()) == ["groupvit_head.json", "groupvit_head.safetensors"]
+    assert json.loads((head / "groupvit_head.json").read_text())["model"] == model
+    no_leftovers(tmp_path / "two")
 
 
 @pytest.mark.parametrize("unlock", [False, True], ids=["frozen", "unlocked_last_block"])

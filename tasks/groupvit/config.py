@@ -78,7 +78,13 @@ class HeadModel:
     `num_output_groups[-1]` is the number of final groups the head is trained with; at
     inference any smaller number can be asked for (`--groups`): the head keeps the
     groups that cover most of the image (`groups_min` is the smallest number seen in
-    training, which samples a count per step so every count is in distribution)."""
+    training, which samples a count per step so every count is in distribution).
+
+    `embed`: how a group gets its CLIP-space embedding. `groups` projects the final group
+    feature, as the official model does (its query carries what it attended to anywhere
+    in the image); `pooled` (default) projects the mean of the tokens the group was
+    assigned (hard, straight-through), so a group's embedding says what is *in* it and a
+    caption's nouns can only be matched by grouping each object's tokens together."""
 
     width: int = checked(256, ge=8)
     tap: int = -1
@@ -88,6 +94,8 @@ class HeadModel:
     num_output_groups: list[int] = checked(default_factory=lambda: [32, 8], each=Check(ge=1))
     groups_min: int = checked(4, ge=1)
     proj_hidden: int = checked(1024, ge=1)
+    input_size: int | None = checked(None, ge=8)   # training resolution; None = the backbone's own
+    embed: str = checked("pooled", choices=("pooled", "groups"))
 
     def validate(self) -> "HeadModel":
         _check_stages("head", self.depths, self.num_heads, self.num_group_tokens, self.num_output_groups)
@@ -140,6 +148,7 @@ class GroupViTData:
     prompt_templates: str = "imagenet80"
     augment: str = checked("center", choices=("center", "deit"))  # deit: the paper's timm DeiT augmentation (shards)
     n_val: int = checked(48, ge=1)            # held-out tiny-world scenes for the mIoU during training
+    n_test: int = checked(96, ge=1)           # test scenes of the final report
 
     def validate(self) -> "GroupViTData":
         if self.source == "shards" and not self.shards:

@@ -67,14 +67,22 @@ def noun_finder(kind: str, words: Sequence[str]) -> Callable[[str], list[str]]:
     return NltkNouns() if kind == "nltk" else VocabularyNouns(words or SHAPES)
 
 
+def noun_id(noun: str) -> int:
+    """A stable 63-bit id of a noun (same word, same id, in every process), so a loss can
+    tell which images of a batch share a noun whatever template each prompt used."""
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(noun.lower().encode(), digest_size=8).digest(), "little") >> 1
+
+
 class CaptionPrompts:
-    """caption -> (tokens [1 + P, L], valid [P]); picklable for DataLoader workers."""
+    """caption -> (tokens [1 + P, L], valid [P], noun ids [P]); picklable for DataLoader workers."""
 
     def __init__(self, tokenize: Callable[[list[str]], torch.Tensor], nouns: Callable[[str], list[str]],
                  templates: Sequence[str], prompts: int):
         self.tokenize, self.nouns, self.templates, self.prompts = tokenize, nouns, list(templates), prompts
 
-    def __call__(self, caption: str, rng: random.Random | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, caption: str, rng: random.Random | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = rng or random  # the stream seeds the global RNG per sample
         found = self.nouns(caption)
         chosen = rng.sample(found, min(self.prompts, len(found))) if found else []
@@ -84,7 +92,9 @@ class CaptionPrompts:
         out[: len(texts)] = tokens
         valid = torch.zeros(self.prompts, dtype=torch.bool)
         valid[: len(chosen)] = True
-        return out, valid
+        ids = torch.full((self.prompts,), -1, dtype=torch.int64)
+        ids[: len(chosen)] = torch.tensor([noun_id(n) for n in chosen], dtype=torch.int64)
+        return out, valid, ids
 
 
 class TinyWorldCaptioned(SampleSeeded, Dataset):
@@ -102,8 +112,8 @@ class TinyWorldCaptioned(SampleSeeded, Dataset):
 
     def __getitem__(self, index: int):
         rng = random.Random(int(self.sample_generator(index).initial_seed()))
-        tokens, valid = self.prompts(self.captions[index], rng)
-        return self.to_pixels(self.images[index]), tokens, valid
+        tokens, valid, ids = self.prompts(self.captions[index], rng)
+        return self.to_pixels(self.images[index]), tokens, valid, ids
 
 
 class ImageToPixels:
@@ -133,11 +143,10 @@ class StreamPrompts:
         return self.prompts(caption)
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Stack (pixels, tokens, valid); samples the stream skipped arrive as None."""
+def collate(batch: list) -> tuple[torch.Tensor, ...] | None:
+    """Stack (pixels, tokens, valid, noun ids); samples the stream skipped arrive as None."""
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    flat = [(b[0], *b[1]) if len(b) == 2 else b for b in batch]   # stream items: (pixels, (tokens, valid))
-    return (torch.stack([f[0] for f in flat]), torch.stack([f[1] for f in flat]),
-            torch.stack([f[2] for f in flat]))
+    flat = [(b[0], *b[1]) if len(b) == 2 else b for b in batch]   # stream items: (pixels, (tokens, valid, ids))
+    return tuple(torch.stack([f[i] for f in flat]) for i in range(4))

@@ -14,7 +14,7 @@ from torch import nn
 
 from clipheads.core.errors import UserError
 
-from .blocks import init_weights
+from .blocks import chain_assignments, init_weights
 from .config import HeadModel
 from .official import Grouped, GroupingStages
 
@@ -38,6 +38,9 @@ class GroupingHead(nn.Module):
                                      cfg.num_output_groups)
         self.out_proj = nn.Sequential(nn.Linear(cfg.width, cfg.proj_hidden), nn.GELU(),
                                       nn.Linear(cfg.proj_hidden, backbone.embed_dim))
+        if cfg.embed == "pooled":   # per-token features that groups average before the projection
+            self.token_mlp = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.width), nn.GELU(),
+                                           nn.Linear(cfg.width, cfg.width))
         self.logit_scale = nn.Parameter(torch.tensor(2.659260036932778))  # log(1/0.07)
         self.multi_label_logit_scale = nn.Parameter(torch.tensor(2.659260036932778))
         for layer in self.stages.layers:   # the first stage's tokens start random, later ones zero
@@ -76,16 +79,26 @@ class GroupingHead(nn.Module):
         if keep is not None and not 1 <= keep <= self.max_groups:
             raise UserError(f"--groups {keep}: this head outputs 1..{self.max_groups} groups")
         x, grid = self.tokens(pixels)
-        groups, assignments = self.stages.group_tokens(self.in_proj(x), keep)
-        return Grouped(groups, assignments, grid)
+        x = self.in_proj(x)
+        groups, assignments = self.stages.group_tokens(x, keep)
+        return Grouped(groups, assignments, grid, x if self.cfg.embed == "pooled" else None)
 
     def forward(self, pixels: torch.Tensor, keep: int | None = None) -> Grouped:
         return self.group(pixels, keep)
 
     def embed_groups(self, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image embedding [B, E], group embeddings [B, G, E]), un-normalised; the image
-        embedding projects the mean group feature, as the official model does."""
-        return self.out_proj(grouped.groups.mean(dim=1)), self.out_proj(grouped.groups)
+        """(image embedding [B, E], group embeddings [B, G, E]), un-normalised. `groups`:
+        the image embedding projects the mean group feature, as the official model does;
+        `pooled`: each group projects the mean of its tokens, the image is the mean of the
+        non-empty groups."""
+        if grouped.tokens is None:
+            return self.out_proj(grouped.groups.mean(dim=1)), self.out_proj(grouped.groups)
+        hard = chain_assignments([a.hard for a in grouped.assignments])          # [B, N, G] one-hot
+        weights = hard / (hard.sum(dim=1, keepdim=True) + 1.0)                   # GroupViT's (count + 1)
+        pooled = weights.transpose(1, 2) @ self.token_mlp(grouped.tokens)         # [B, G, C]
+        groups = self.out_proj(pooled)
+        used = (hard.sum(dim=1) > 0).to(groups.dtype).detach().unsqueeze(-1)   # empty groups do not vote
+        return (groups * used).sum(dim=1) / used.sum(dim=1).clamp(min=1), groups
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.embed_groups(self.group(pixels))[0]

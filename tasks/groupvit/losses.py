@@ -37,38 +37,45 @@ def multi_label_loss(image: torch.Tensor, prompts: torch.Tensor, valid: torch.Te
     return 0.5 * (image_side + text_side)
 
 
-def group_noun_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor,
+def group_noun_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor, noun_ids: torch.Tensor,
                     scale: torch.Tensor) -> torch.Tensor:
-    """Each noun prompt picks out its own image by the image's best-matching *group*
-    (max over groups of the cosine; cross-entropy over the global batch's images).
+    """Each noun prompt against every image of the global batch, an image scoring by its
+    best-matching *group* (max over groups of the cosine); the positives are all images
+    whose caption names the same noun (multi-positive cross-entropy).
 
-    Not in the paper: the grouping head's addition (`group_noun_weight`), which asks
-    every named object to be one group, so groups are nameable, not only their mean."""
+    Not in the paper: the grouping head's addition (`group_noun_weight`). It asks every
+    named object to be one group, and no group of an image without that noun to look
+    like it, so groups become nameable, not only their mean."""
     groups = gather_for_global_loss(F.normalize(groups, dim=-1))        # [B, G, E]
     prompts = gather_for_global_loss(F.normalize(prompts, dim=-1))      # [B, P, E]
     valid = gather_for_global_loss(valid.float()).bool()
+    noun_ids = gather_for_global_loss(noun_ids)
     b, p, _ = prompts.shape
-    flat, flat_valid = prompts.reshape(b * p, -1), valid.reshape(b * p)
+    flat, flat_valid, flat_ids = prompts.reshape(b * p, -1), valid.reshape(b * p), noun_ids.reshape(b * p)
     if not bool(flat_valid.any()):
         return (groups.sum() + prompts.sum()) * 0.0
-    best = torch.einsum("bge,ne->bgn", groups, flat).max(dim=1).values    # [B, B*P]
-    owner = torch.arange(b, device=groups.device).repeat_interleave(p)
-    return F.cross_entropy(scale * best.T[flat_valid], owner[flat_valid])
+    best = torch.einsum("bge,ne->nbg", groups, flat[flat_valid]).max(dim=-1).values    # [n, B]
+    ids = flat_ids[flat_valid]
+    names = (noun_ids[None, :, :] == ids[:, None, None]) & valid[None]                  # [n, B, P]
+    positive = names.any(dim=-1)                                                        # [n, B]
+    log_p = (scale * best).log_softmax(dim=-1)
+    return -(torch.logsumexp(log_p.masked_fill(~positive, float("-inf")), dim=-1)).mean()
 
 
 def groupvit_losses(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
                     prompts: torch.Tensor | None = None, valid: torch.Tensor | None = None,
                     multi_scale: torch.Tensor | None = None, multi_weight: float = 1.0,
-                    groups: torch.Tensor | None = None, group_weight: float = 0.0
-                    ) -> dict[str, torch.Tensor]:
+                    groups: torch.Tensor | None = None, group_weight: float = 0.0,
+                    noun_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """{'loss': total, 'contrastive', 'multi_label'[, 'group_noun']} for one batch."""
     out = {"contrastive": contrastive_loss(image, text, scale, normalize=True)}
     total = out["contrastive"]
     if prompts is not None and multi_scale is not None and multi_weight > 0:
         out["multi_label"] = multi_label_loss(image, prompts, valid, multi_scale)
         total = total + multi_weight * out["multi_label"]
-    if prompts is not None and groups is not None and group_weight > 0:
-        out["group_noun"] = group_noun_loss(groups, prompts, valid, multi_scale if multi_scale is not None else scale)
+    if prompts is not None and groups is not None and noun_ids is not None and group_weight > 0:
+        out["group_noun"] = group_noun_loss(groups, prompts, valid, noun_ids,
+                                            multi_scale if multi_scale is not None else scale)
         total = total + group_weight * out["group_noun"]
     out["loss"] = total
     return out

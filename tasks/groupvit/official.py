@@ -30,11 +30,13 @@ class Grouped:
     """One forward pass of a grouping encoder.
 
     `groups` [B, G, C]: the final group features (normalised by the encoder's last LN);
-    `assignments`: each grouping stage's decision; `grid`: the patch grid (h, w)."""
+    `assignments`: each grouping stage's decision; `grid`: the patch grid (h, w);
+    `tokens`: the input tokens [B, N, C'] when a head pools them per group."""
 
     groups: torch.Tensor
     assignments: list[Assignment]
     grid: tuple[int, int]
+    tokens: torch.Tensor | None = None
 
 
 class GroupingStages(nn.Module):

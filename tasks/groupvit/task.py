@@ -323,7 +323,7 @@ class GroupViTTask(Task):
             o = self.cfg.official
             return open_clip.tokenizer.SimpleTokenizer(context_length=o.context_length), o.image_size, o.mean, o.std
         bb = self.ctx.backbone
-        return bb.tokenize, bb.image_size, bb.mean, bb.std
+        return bb.tokenize, self.cfg.head.input_size or bb.image_size, bb.mean, bb.std
 
     def loss(self, module: "torch.nn.Module", batch: Any) -> dict[str, "torch.Tensor"]:
         """InfoNCE (image vs caption) + multi-label (image vs noun prompts), global batch."""
@@ -333,7 +333,7 @@ class GroupViTTask(Task):
         inner = getattr(module, "module", module)
         if batch is None:
             return {"loss": sum(p.sum() * 0.0 for p in inner.parameters() if p.requires_grad)}
-        pixels, tokens, valid = batch
+        pixels, tokens, valid, noun_ids = batch
         keep = None
         if self.cfg.model == "head":   # train every group count the head may be asked for
             keep = _shared_draw(tokens, self.cfg.head.groups_min, inner.max_groups)
@@ -348,7 +348,7 @@ class GroupViTTask(Task):
         scale, multi_scale = inner.scales()
         prompts = text[:, 1:] if text.shape[1] > 1 else None
         out = groupvit_losses(image, text[:, 0], scale, prompts, valid, multi_scale,
-                              self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight)
+                              self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight, noun_ids)
         out["logit_scale"] = scale.detach()
         return out
 
@@ -369,7 +369,7 @@ class GroupViTTask(Task):
         from clipheads.core.segmentation.evaluation import confusion
 
         from .tinyworld import eval_labels, eval_scenes
-        labels, scenes = eval_labels(), eval_scenes("test", 96)
+        labels, scenes = eval_labels(), eval_scenes("test", self.cfg.data.n_test)
         cm = confusion(self.segmenter(module, labels, self.cfg.segment), scenes, len(labels))
         return {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "scenes": len(scenes),
                 **cm.summary(labels), **_chance(cm, len(labels) - 1)}
