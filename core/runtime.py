@@ -92,7 +92,8 @@ def run_training(task: "Task", out: Path, *, resume: bool | str | Path = False, 
     trainer = Trainer(module, task.loss, data.dataset, cfg, out, collate_fn=data.collate_fn,
                       param_groups=groups, eval_fn=eval_fn,
                       best_metric=task.best_metric if eval_fn is not None else None,
-                      best_mode=task.best_mode, config_dict=task.cfg, device=device, progress=progress)
+                      best_mode=task.best_mode, config_dict=task.cfg, device=device, progress=progress,
+                      ddp_kwargs=task.ddp_options())
     try:
         fit = trainer.fit(resume=resume)
     except RuntimeError as exc:

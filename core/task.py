@@ -120,6 +120,7 @@ class Task:
     - `build_model()` -> the trainable module (never the frozen backbone);
     - `train_data()` -> `TrainData`; `loss(module, batch)` -> {"loss": scalar, ...};
     - `param_groups(module)` -> optimizer groups (`lr_mult`), or None for one group;
+    - `ddp_options()` -> extra DistributedDataParallel arguments (default none);
     - `evaluate_module(module)` -> metrics during training (rank 0; `best_metric` picks best.pt);
     - `final_metrics(module, last_eval)` -> the run's reported metrics (default: the last eval);
     - `export(module, out, report)` -> the artifact folder/file a user keeps;
@@ -195,6 +196,11 @@ class Task:
 
     def param_groups(self, module: "nn.Module") -> list[dict] | None:
         return None
+
+    def ddp_options(self) -> dict[str, Any]:
+        """Extra `DistributedDataParallel` arguments, e.g. `find_unused_parameters=True`
+        for a module whose configuration leaves some parameters out of the loss."""
+        return {}
 
     def evaluate_module(self, module: "nn.Module") -> Mapping[str, float] | None:
         """Metrics of the module being trained (eval mode, no grad, rank 0); None = no eval."""

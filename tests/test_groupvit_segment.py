@@ -111,7 +111,7 @@ def test_grouping_head_over_the_frozen_clip(embed):
     assert not any(k.startswith("_backbone") or "visual" in k for k in head.state_dict())
     pixels = torch.randn(2, 3, 96, 96)
     for keep in (None, 2):
-        grouped = head(pixels, keep)
+        grouped = head.group(pixels, keep)
         image, groups = head.embed_groups(grouped)
         assert grouped.grid == (12, 12) and groups.shape == (2, keep or 4, bb.embed_dim)
         assert image.shape == (2, bb.embed_dim)

@@ -2,13 +2,16 @@
 so resume and multi-worker loading are exact."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from clipheads.core.tinyworld import COLOURS, SHAPES, make_single, split_seeds
 from clipheads.core.tinyworld.pairs import render_pairs
 
+
+def class_names() -> list[str]:
+    """Every colour x shape name ('red circle', ...): the zero-shot label set."""
+    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 class TinyWorldPairs(Dataset):
     """(pixels, tokens) pairs rendered once up front (in parallel), then served from memory,

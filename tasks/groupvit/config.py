@@ -150,7 +150,8 @@ class GroupViTData:
     n_val: int = checked(48, ge=1)            # held-out tiny-world scenes for the mIoU during training
     n_test: int = checked(96, ge=1)           # test scenes of the final report
 
-    def validate(self) -> "GroupViTData":
+    def require_source(self) -> "GroupViTData":
+        """At training time (a paper config names no shard path of yours)."""
         if self.source == "shards" and not self.shards:
             raise UserError("data.source=shards needs data.shards, e.g. "
                             "--set 'data.shards=data/train-{000000..000009}.tar'")
@@ -165,6 +166,7 @@ class GroupViTConfig(TaskConfig):
     checkpoint: str | None = None              # trained head folder / official .pth; None = bundled
     multi_label_weight: float = checked(1.0, ge=0.0)
     group_noun_weight: float = checked(0.0, ge=0.0)   # not in the paper: nouns matched to single groups
+    gumbel_noise: bool = True   # training assignments with Gumbel noise (the paper); off = hard argmax
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     data: GroupViTData = field(default_factory=GroupViTData)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(

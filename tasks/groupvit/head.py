@@ -83,8 +83,12 @@ class GroupingHead(nn.Module):
         groups, assignments = self.stages.group_tokens(x, keep)
         return Grouped(groups, assignments, grid, x if self.cfg.embed == "pooled" else None)
 
-    def forward(self, pixels: torch.Tensor, keep: int | None = None) -> Grouped:
-        return self.group(pixels, keep)
+    def forward(self, pixels: torch.Tensor, keep: int | None = None) -> dict[str, torch.Tensor]:
+        """Training: embeddings and logit scales in one call, so every parameter a loss
+        reads is used inside the (DDP-wrapped) forward."""
+        image, groups = self.embed_groups(self.group(pixels, keep))
+        scale, multi = self.scales()
+        return {"image": image, "groups": groups, "scale": scale, "multi_scale": multi}
 
     def embed_groups(self, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding [B, E], group embeddings [B, G, E]), un-normalised. `groups`:

@@ -193,8 +193,12 @@ class GroupViT(nn.Module):
     def group(self, pixels: torch.Tensor, keep: int | None = None) -> Grouped:
         return self.img_encoder(pixels, keep)
 
-    def forward(self, pixels: torch.Tensor, keep: int | None = None) -> Grouped:
-        return self.group(pixels, keep)
+    def forward(self, pixels: torch.Tensor, keep: int | None = None) -> dict[str, torch.Tensor]:
+        """Training: embeddings and logit scales in one call, so every parameter a loss
+        reads is used inside the (DDP-wrapped) forward."""
+        image, groups = self.embed_groups(self.group(pixels, keep))
+        scale, multi = self.scales()
+        return {"image": image, "groups": groups, "scale": scale, "multi_scale": multi}
 
     def embed_groups(self, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding [B, E], group embeddings [B, G, E]), both un-normalised: the

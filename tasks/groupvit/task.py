@@ -286,12 +286,28 @@ class GroupViTTask(Task):
                             "on the tiny world; drop --install or use --config tiny_world")
 
     def build_model(self) -> "torch.nn.Module":
+        """The model to train. Gumbel noise is drawn from each rank's generator, so a run on
+        N ranks samples other noise than one process (`gumbel_noise: false` makes the
+        training assignment a plain hard argmax, identical on any number of ranks)."""
         self.cfg.validate()
         if self.cfg.model == "official":
             from .official import GroupViT
-            return GroupViT(self.cfg.official)
-        from .head import GroupingHead
-        return GroupingHead(self.cfg.head, self.ctx.backbone)
+            model = GroupViT(self.cfg.official)
+        else:
+            from .head import GroupingHead
+            model = GroupingHead(self.cfg.head, self.ctx.backbone)
+        from .blocks import AssignAttention
+        for module in model.modules():
+            if isinstance(module, AssignAttention):
+                module.gumbel = self.cfg.gumbel_noise
+        return model
+
+    def ddp_options(self) -> dict[str, Any]:
+        """A `pooled` head embeds groups from their tokens, so the last grouping block's
+        group-feature layers never reach the loss: DDP must not wait for their gradients."""
+        if self.cfg.model == "head" and self.cfg.head.embed == "pooled":
+            return {"find_unused_parameters": True}
+        return {}
 
     def _prompt_count(self) -> int:
         return self.cfg.official.multi_label if self.cfg.model == "official" else 3
@@ -300,7 +316,7 @@ class GroupViTTask(Task):
         from clipheads.core.text.templates import resolve_templates
 
         from .data import CaptionPrompts, ImageToPixels, StreamPrompts, TinyWorldCaptioned, collate, noun_finder
-        d = self.cfg.data.validate()
+        d = self.cfg.data.require_source()
         self.cfg.validate()
         tokenize, size, mean, std = self._text_and_pixels()
         prompts = CaptionPrompts(tokenize, noun_finder(d.nouns, d.noun_words),
@@ -337,15 +353,15 @@ class GroupViTTask(Task):
         keep = None
         if self.cfg.model == "head":   # train every group count the head may be asked for
             keep = _shared_draw(tokens, self.cfg.head.groups_min, inner.max_groups)
-        grouped = module(pixels, keep)
-        image, groups = inner.embed_groups(grouped)
+        out = module(pixels, keep)
+        image, groups = out["image"], out["groups"]
         if self.cfg.model == "official":
             text = inner.encode_text(tokens)
         else:
             with torch.no_grad():
                 text = self.ctx.backbone.encode_text(tokens.reshape(-1, tokens.shape[-1])).float()
             text = text.reshape(*tokens.shape[:2], -1)
-        scale, multi_scale = inner.scales()
+        scale, multi_scale = out["scale"], out["multi_scale"]
         prompts = text[:, 1:] if text.shape[1] > 1 else None
         out = groupvit_losses(image, text[:, 0], scale, prompts, valid, multi_scale,
                               self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight, noun_ids)
