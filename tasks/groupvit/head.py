@@ -16,7 +16,7 @@ from clipheads.core.errors import UserError
 
 from .blocks import chain_assignments, init_weights
 from .config import HeadModel
-from .official import Grouped, GroupingStages
+from .official import Grouped, GroupingStages, training_outputs
 
 
 class GroupingHead(nn.Module):
@@ -84,11 +84,7 @@ class GroupingHead(nn.Module):
         return Grouped(groups, assignments, grid, x if self.cfg.embed == "pooled" else None)
 
     def forward(self, pixels: torch.Tensor, keep: int | None = None) -> dict[str, torch.Tensor]:
-        """Training: embeddings and logit scales in one call, so every parameter a loss
-        reads is used inside the (DDP-wrapped) forward."""
-        image, groups = self.embed_groups(self.group(pixels, keep))
-        scale, multi = self.scales()
-        return {"image": image, "groups": groups, "scale": scale, "multi_scale": multi}
+        return training_outputs(self, pixels, keep)
 
     def embed_groups(self, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding [B, E], group embeddings [B, G, E]), un-normalised. `groups`:

@@ -39,6 +39,14 @@ class Grouped:
     tokens: torch.Tensor | None = None
 
 
+def training_outputs(model: nn.Module, pixels: torch.Tensor, keep: int | None) -> dict[str, torch.Tensor]:
+    """Training forward of either GroupViT model: embeddings and logit scales in one call,
+    so every parameter a loss reads is used inside the (DDP-wrapped) forward."""
+    image, groups = model.embed_groups(model.group(pixels, keep))
+    scale, multi = model.scales()
+    return {"image": image, "groups": groups, "scale": scale, "multi_scale": multi}
+
+
 class GroupingStages(nn.Module):
     """GroupViT's stages (`layers`) and final LayerNorm (`norm`) over a token sequence;
     shared by the official image encoder and the frozen-CLIP grouping head."""
@@ -194,11 +202,7 @@ class GroupViT(nn.Module):
         return self.img_encoder(pixels, keep)
 
     def forward(self, pixels: torch.Tensor, keep: int | None = None) -> dict[str, torch.Tensor]:
-        """Training: embeddings and logit scales in one call, so every parameter a loss
-        reads is used inside the (DDP-wrapped) forward."""
-        image, groups = self.embed_groups(self.group(pixels, keep))
-        scale, multi = self.scales()
-        return {"image": image, "groups": groups, "scale": scale, "multi_scale": multi}
+        return training_outputs(self, pixels, keep)
 
     def embed_groups(self, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding [B, E], group embeddings [B, G, E]), both un-normalised: the
