@@ -24,7 +24,10 @@ from .errors import UserError, close_matches
 from .registry import TASKS
 
 ACTIONS = ("infer", "train", "eval")
-HELP = {"infer": "run on your own inputs", "train": "train (torchrun-ready)", "eval": "evaluate"}
+HELP = {"infer": "run on your own inputs", "train": "train (torchrun-ready)", "eval": "evaluate",
+        "precompute": "precompute what training reads (torchrun-ready, resumable)"}
+# the Task method behind each action that is not named like it
+METHODS = {"eval": "evaluate"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -203,7 +206,7 @@ def _run_task(args: argparse.Namespace) -> int:
             return 0
         result: Any = report.to_dict()
     else:
-        result = task.infer(**opts) if args.action == "infer" else task.evaluate(**opts)
+        result = getattr(task, METHODS.get(args.action, args.action))(**opts)
         if args.out is not None and args.out.is_dir():
             save_config(task.cfg, args.out / f"{task.name}_{args.action}_config.yaml", task.name)
     _present(task, args.action, result, args.json)

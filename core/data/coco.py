@@ -44,11 +44,23 @@ def load_coco(ann_file: str | os.PathLike[str]) -> Any:
         raise UserError(f"{path} is not a COCO json (no 'images' list); pass an instances_*.json file")
     data.setdefault("annotations", [])
     data.setdefault("categories", [])
+    _check_category_ids(data, path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _check_category_ids(data: dict[str, Any], path: Path) -> None:
+    """An annotation naming a category the json does not define is a broken file, not a
+    sample to skip: say which one."""
+    known = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    for ann in data["annotations"]:
+        if isinstance(ann, dict) and ann.get("category_id") not in known:
+            raise UserError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has category_id "
+                            f"{ann.get('category_id')!r}, which is not in 'categories' (ids "
+                            f"{sorted(known, key=str)[:10]}{'...' if len(known) > 10 else ''}); fix the json")
 
 
 class CocoDetection(Dataset):
@@ -71,6 +83,7 @@ class CocoDetection(Dataset):
         self.transform = transform
         self.with_masks = with_masks
         self.skips = SkipCounter(f"coco:{Path(ann_file).name}")
+        self.dropped_boxes = SkipCounter(f"coco:{Path(ann_file).name} boxes")
 
     @property
     def category_names(self) -> dict[int, str]:
@@ -85,9 +98,13 @@ class CocoDetection(Dataset):
         boxes, labels, crowd, area, masks = [], [], [], [], []
         for ann in anns:
             x, y, w, h = (float(v) for v in ann["bbox"])
-            if w <= 0 or h <= 0:
-                continue  # degenerate boxes carry no signal and break box losses
-            boxes.append((x, y, x + w, y + h))
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if x1 <= x0 or y1 <= y0:   # empty or outside the image: no signal, and it breaks box losses
+                self.dropped_boxes.skip(f"annotation {ann.get('id')} of image {image_id}",
+                                        f"box {[x, y, w, h]} has no area inside the {width}x{height} image", "box")
+                continue
+            boxes.append((x0, y0, x1, y1))
             labels.append(int(ann["category_id"]))
             crowd.append(int(ann.get("iscrowd", 0)))
             area.append(float(ann.get("area", w * h)))

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clipheads.core.config import Check, checked
+from clipheads.core.engine import TrainConfig
 from clipheads.core.errors import UserError
+from clipheads.core.task import TaskConfig
 
 MODES = ("text", "image", "vild", "ensemble")
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "narrow")
 
 
 @dataclass
@@ -24,6 +26,9 @@ class DetectorModel:
     backbone: str = checked("resnet50", choices=BACKBONES)
     backbone_weights: str | None = None       # a torchvision weights name, e.g. IMAGENET1K_V1 (downloads)
     trainable_layers: int = checked(5, ge=0, le=5)
+    narrow_widths: list[int] = checked(default_factory=lambda: [32, 64, 96, 128], each=Check(ge=1))  # backbone narrow
+    narrow_blocks: list[int] = checked(default_factory=lambda: [1, 1, 1, 1], each=Check(ge=1))
+    fpn_channels: int = checked(256, ge=1)     # the narrow backbone's FPN width (torchvision's ResNets: 256)
     anchor_sizes: list[int] = checked(default_factory=lambda: [32, 64, 128, 256, 512], each=Check(ge=1))
     aspect_ratios: list[float] = checked(default_factory=lambda: [0.5, 1.0, 2.0], each=Check(gt=0.0))
     min_size: int = checked(1024, ge=16)       # the transform's resize (short side)
@@ -51,6 +56,8 @@ class DetectorModel:
     def validate(self) -> None:
         if self.min_size > self.max_size:
             raise UserError(f"model.min_size={self.min_size} is larger than model.max_size={self.max_size}")
+        if self.backbone == "narrow" and (len(self.narrow_widths) != 4 or len(self.narrow_blocks) != 4):
+            raise UserError("model.narrow_widths and model.narrow_blocks need 4 entries (one per stage)")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise UserError("model.mean and model.std need 3 values each (std > 0)")
 
@@ -63,3 +70,51 @@ class ViLDHeadConfig:
     distill_weight: float = checked(0.5, ge=0.0)      # the official R50 setting
     distill_rois: int = checked(300, ge=1)            # M precomputed proposals per image
     ensemble_lambda: float = checked(2 / 3, ge=0.0, le=1.0)
+
+
+SOURCES = ("tiny-world", "coco")
+SPLITS = ("names", "lvis-frequency", "ovr-coco")
+
+
+@dataclass
+class ViLDData:
+    """Training/validation data: COCO-format instances json + image folders (COCO, LVIS),
+    or the tiny world exported to COCO json on first use (`source: tiny-world`)."""
+
+    source: str = checked("tiny-world", choices=SOURCES)
+    train_json: str | None = None
+    train_images: str | None = None
+    val_json: str | None = None
+    val_images: str | None = None
+    split: str = checked("names", choices=SPLITS)   # how base/novel are decided
+    base: list[str] = field(default_factory=list)    # split: names
+    novel: list[str] = field(default_factory=list)
+    cache: str | None = None          # proposal cache folder (`vild precompute`); needed unless mode=text
+    templates: str = "vild63"
+    n_train: int = checked(2000, ge=1)    # tiny world
+    n_val: int = checked(100, ge=1)
+    scene_size: int = checked(96, ge=32)
+    max_val_images: int | None = None     # evaluate during training on at most this many images
+
+
+@dataclass
+class InferConfig:
+    """What `vild infer` keeps (the detector itself keeps up to 300 with score > 0)."""
+
+    score_threshold: float = checked(0.3, ge=0.0, le=1.0)
+    max_detections: int = checked(100, ge=1)
+
+
+@dataclass
+class ViLDConfig(TaskConfig):
+    model: DetectorModel = field(default_factory=DetectorModel)
+    vild: ViLDHeadConfig = field(default_factory=ViLDHeadConfig)
+    data: ViLDData = field(default_factory=ViLDData)
+    infer: InferConfig = field(default_factory=InferConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: str | None = None
+
+    def validate(self) -> "ViLDConfig":
+        self.model.validate()
+        self.train.validate()
+        return self

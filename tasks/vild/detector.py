@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
+from .backbones import build_backbone
 from .classifier import TextClassifier
 from .config import DetectorModel, ViLDHeadConfig
 from .roi_heads import DistillTargets, RegionBranch, ViLDRoIHeads
@@ -38,9 +38,7 @@ class ViLDDetector(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg, self.vild, self.embed_dim = cfg, vild, embed_dim
-        self.backbone = resnet_fpn_backbone(backbone_name=cfg.backbone, weights=cfg.backbone_weights,
-                                            trainable_layers=cfg.trainable_layers,
-                                            norm_layer=nn.BatchNorm2d if cfg.backbone_weights is None else None)
+        self.backbone = build_backbone(cfg)
         channels = self.backbone.out_channels
         levels = len(FPN_LEVELS) + 1   # plus the FPN's max-pool level
         if len(cfg.anchor_sizes) != levels:

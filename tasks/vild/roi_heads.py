@@ -70,6 +70,7 @@ class ViLDRoIHeads(RoIHeads):
         self.ensemble_lambda = ensemble_lambda
         self.box_loss_beta = box_loss_beta
         self.register_buffer("novel", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.branch = "ensemble"    # inference of an ensemble: "ensemble" | "text" | "image" (paper ablations)
 
     def set_vocabulary(self, text: torch.Tensor, novel: torch.Tensor | None = None,
                        zero_in_training: bool = True) -> None:
@@ -138,10 +139,12 @@ class ViLDRoIHeads(RoIHeads):
         """(features, [N, C] class probabilities) of pooled RoI features at inference."""
         feats, regions = self.box_head(pooled)
         text_probs = self.classifier(regions).softmax(dim=-1)[:, 1:]
-        if self.image_branch is None:
+        if self.image_branch is None or self.branch == "text":
             return feats, text_probs
         _, image_regions = self.image_branch(pooled)
         image_probs = self.classifier.class_logits(image_regions).softmax(dim=-1)
+        if self.branch == "image":
+            return feats, image_probs
         return feats, ensemble_scores(text_probs, image_probs, self.novel, self.ensemble_lambda)
 
     def _detect(self, features, proposals, image_shapes) -> list[dict[str, torch.Tensor]]:
