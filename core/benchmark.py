@@ -43,3 +43,30 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     sec = median_seconds(fn, device, repeats, warmup)
     return {"seconds": round(sec, 5), "images_per_s": round(1.0 / sec, 3),
             "peak_mb": round(peak_memory_mb(device), 1)}
+
+
+def add_common_arguments(parser, task: str) -> None:
+    """The options every head benchmark shares: config, backbone, device, repeats,
+    threads, overrides and the JSON output file."""
+    parser.add_argument("--config", default="tiny_world", help=f"bundled {task} config or YAML")
+    parser.add_argument("--backbone", help="override the config's backbone (use ARCH:random offline)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = leave as is)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="also write the JSON here")
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The median (by seconds) of interleaved `measure` rows."""
+    return sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2]
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print the benchmark's JSON, and write it to `out` when given."""
+    import json
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")

@@ -43,3 +43,31 @@ def test_bad_files_fail_clearly(tmp_path):
         load_text_classifier(tmp_path / "obj.npy")
     with pytest.raises(UserError, match="not found"):
         load_rare_mask(tmp_path / "missing.npy")
+
+
+def test_released_files_become_the_training_classifier(tmp_path, one_thread):
+    """data.classifier_file / rare_mask_file: the classifier covers every category (id
+    order), rare logits are zeroed in training, labels index the full vocabulary, and
+    the rare classes' boxes are still held out."""
+    import clipheads
+    from clipheads.core.tinyworld.export import export_tiny_world
+    from clipheads.tasks.vild.data import BaseClassSamples
+    world = export_tiny_world(tmp_path / "tw", n_train=4, n_val=1, n_videos=0, size=64)
+    task = clipheads.load("vild", device="cpu", overrides=[
+        "data.source=coco", f"data.train_json={world / 'annotations' / 'instances_train.json'}",
+        f"data.train_images={world / 'images' / 'train'}", "data.base=[circle,square,triangle,star]",
+        "data.novel=[heart,cross]", f"data.classifier_file={tmp_path / 'c.npy'}",
+        f"data.rare_mask_file={tmp_path / 'm.npy'}", "vild.mode=text"])
+    dim = task.ctx.backbone.embed_dim
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).standard_normal((dim, 6)).astype(np.float32))
+    np.save(tmp_path / "m.npy", np.array([1, 1, 1, 1, 1, 0, 0], dtype=np.float32))   # heart, cross rare
+    names, text, rare = task._training_vocabulary()
+    assert names == ["circle", "square", "triangle", "star", "heart", "cross"]
+    assert torch.equal(rare, torch.tensor([False, False, False, False, True, True]))
+    assert torch.allclose(text, torch.from_numpy(np.load(tmp_path / "c.npy").T))
+    ds = BaseClassSamples(world / "images" / "train", world / "annotations" / "instances_train.json",
+                          ["circle", "square", "triangle", "star"], vocabulary=names, with_masks=False)
+    labels = torch.cat([ds[i][1]["labels"] for i in range(len(ds))])
+    assert labels.numel() > 0 and int(labels.min()) >= 1 and int(labels.max()) <= 4
+    model = task.build_model()
+    assert model.roi_heads.classifier.num_classes == 6 and bool(model.roi_heads.classifier.zeroed[4:].all())

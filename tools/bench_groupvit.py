@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 
 from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import measure
+from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.tasks.groupvit.config import GroupViTConfig, OfficialModel, SegmentConfig
 from clipheads.tasks.groupvit.head import GroupingHead
@@ -33,18 +32,12 @@ from clipheads.tasks.groupvit.segment import GroupSegmenter
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny_world", help="bundled groupvit config or YAML (the head)")
-    p.add_argument("--backbone", help="override the config's backbone (use ARCH:random offline)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", type=int, default=224, help="square input size of the head runs")
     p.add_argument("--labels", type=int, default=21, help="number of labels (VOC: 21)")
     p.add_argument("--groups", type=int, default=4, help="fewer output groups to time as well")
     p.add_argument("--official-size", default="448x672", help="HxW of the official slide-inference image")
     p.add_argument("--skip-official", action="store_true", help="skip the (slow on CPU) official model")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = leave as is)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", help="also write the JSON here")
+    add_common_arguments(p, "groupvit")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,13 +68,12 @@ def main(argv=None) -> dict:
         rows["backbone"].append(measure(backbone, device, 1))
         rows["head"].append(measure(segment(full), device, 1))
         rows["head_fewer"].append(measure(segment(fewer), device, 1))
-    pick = lambda r: sorted(r, key=lambda x: x["seconds"])[len(r) // 2]  # noqa: E731
     result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "torch": torch.__version__,
               "python": platform.python_version(), "threads": torch.get_num_threads(), "size": args.size,
               "labels": len(labels), "head_params": sum(q.numel() for q in head.parameters()),
               "head_groups": head.max_groups, "fewer_groups": fewer.keep,
-              "backbone_forward_intermediates": pick(rows["backbone"]), "head_segment": pick(rows["head"]),
-              "head_segment_fewer_groups": pick(rows["head_fewer"])}
+              "backbone_forward_intermediates": median_row(rows["backbone"]), "head_segment": median_row(rows["head"]),
+              "head_segment_fewer_groups": median_row(rows["head_fewer"])}
     base = result["backbone_forward_intermediates"]["images_per_s"]
     result["ratio_head_to_backbone"] = round(result["head_segment"]["images_per_s"] / base, 4)
     result["ratio_head_fewer_groups_to_backbone"] = round(result["head_segment_fewer_groups"]["images_per_s"] / base, 4)
@@ -102,11 +94,7 @@ def main(argv=None) -> dict:
         result["official_window_448"] = measure(official_window, device, args.repeats)
         result["official_windows_per_image"] = round(
             result["official_slide_inference"]["seconds"] / result["official_window_448"]["seconds"], 2)
-    text_json = json.dumps(result, indent=2)
-    print(text_json)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text_json + "\n")
+    emit(result, args.out)
     return result
 
 

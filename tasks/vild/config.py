@@ -91,6 +91,8 @@ class ViLDData:
     novel: list[str] = field(default_factory=list)
     cache: str | None = None          # proposal cache folder (`vild precompute`); needed unless mode=text
     templates: str = "vild63"
+    classifier_file: str | None = None    # the released clip_synonym_prompt.npy instead of the text bank
+    rare_mask_file: str | None = None     # the released lvis_rare_masks.npy (novel = rare), with classifier_file
     n_train: int = checked(2000, ge=1)    # tiny world
     n_val: int = checked(100, ge=1)
     scene_size: int = checked(96, ge=32)

@@ -29,19 +29,22 @@ def to_tensor(image) -> torch.Tensor:
 class BaseClassSamples(Dataset):
     """(image [3, H, W], target {boxes, labels, masks}, DistillTargets | None) per image.
 
-    `base`: the training vocabulary (category names); labels are 1 + its index.
+    `base`: the classes whose boxes are trained on. `vocabulary`: the classifier's class
+    list, labels are 1 + its index (default: `base` itself; the official LVIS recipe uses
+    all 1203 classes with the rare ones' logits zeroed).
     `cache`: image id -> cached proposals (ViLD-image), or None for ViLD-text."""
 
     def __init__(self, image_dir, ann_file, base: Sequence[str], cache: dict[int, ShardRecord] | None = None,
-                 with_masks: bool = True, max_distill: int | None = None):
+                 with_masks: bool = True, max_distill: int | None = None, vocabulary: Sequence[str] | None = None):
         self.coco = CocoDetection(image_dir, ann_file, with_masks=with_masks)
         names = self.coco.category_names
         unknown = [n for n in base if n not in names.values()]
         if unknown:
             raise UserError(f"base classes {unknown} are not categories of {ann_file} "
                             f"({sorted(names.values())[:8]}...); fix data.base")
-        index = {n: i + 1 for i, n in enumerate(base)}
-        self.label_of = {cid: index.get(name, 0) for cid, name in names.items()}   # 0: not a base class
+        index = {n: i + 1 for i, n in enumerate(vocabulary or base)}
+        kept = set(base)
+        self.label_of = {cid: index[name] if name in kept else 0 for cid, name in names.items()}   # 0: held out
         self.cache, self.max_distill = cache, max_distill
         self.removed_novel = sum(1 for a in self.coco.coco.dataset["annotations"]   # held out, never trained on
                                  if self.label_of[int(a["category_id"])] == 0)

@@ -322,11 +322,29 @@ class ViLDTask(Task):
         if self.cfg.vild.mode != "text" and not self.cfg.data.cache:
             raise UserError(f"vild.mode={self.cfg.vild.mode} distils cached CLIP embeddings: run "
                             "'clipheads vild precompute --out CACHE' and set data.cache=CACHE (or vild.mode=text)")
-        train_json, _ = self._train_paths()
         model = ViLDDetector(self.cfg.model, self.cfg.vild, self.ctx.backbone.embed_dim)
-        base = self._base_names(train_json)
-        model.set_vocabulary(self.vocabulary(base, self.cfg.data.templates)[0].to(self.ctx.device))
+        model.set_vocabulary(*self._training_vocabulary()[1:])
         return model
+
+    def _training_vocabulary(self) -> tuple[list[str], "torch.Tensor", "torch.Tensor | None"]:
+        """(class names the labels index, their text embeddings, classes zeroed in training):
+        the base classes from the text bank, or the released classifier over all classes
+        with the released rare mask (`data.classifier_file` / `data.rare_mask_file`)."""
+        d = self.cfg.data
+        train_json, _ = self._train_paths()
+        if d.classifier_file is None:
+            base = self._base_names(train_json)
+            return base, self.vocabulary(base, d.templates)[0].to(self.ctx.device), None
+        from clipheads.core.data.coco import load_coco
+
+        from .importers import load_rare_mask, load_text_classifier
+        categories = sorted(load_coco(train_json).dataset["categories"], key=lambda c: c["id"])
+        text = load_text_classifier(d.classifier_file, self.ctx.backbone.embed_dim)
+        if text.shape[0] != len(categories):
+            raise UserError(f"data.classifier_file has {text.shape[0]} classes, {train_json} {len(categories)}; "
+                            "use the classifier made for this dataset's categories (in id order)")
+        rare = load_rare_mask(d.rare_mask_file, len(categories)) if d.rare_mask_file else None
+        return [c["name"] for c in categories], text.to(self.ctx.device), rare
 
     def train_data(self) -> TrainData:
         from .data import BaseClassSamples, collate
@@ -335,8 +353,10 @@ class ViLDTask(Task):
         cache = None
         if self.cfg.vild.mode != "text":
             cache = ProposalCache.open(self.cfg.data.cache, self.ctx.backbone.fingerprint).load()
+        vocabulary = self._training_vocabulary()[0] if self.cfg.data.classifier_file else None
         ds = BaseClassSamples(train_images, train_json, self._base_names(train_json), cache,
-                              with_masks=self.cfg.model.mask, max_distill=self.cfg.vild.distill_rois)
+                              with_masks=self.cfg.model.mask, max_distill=self.cfg.vild.distill_rois,
+                              vocabulary=vocabulary)
         log.info("vild training data: %d images, %d novel-class boxes held out", len(ds), ds.removed_novel)
         return TrainData(ds, collate)
 
@@ -375,9 +395,7 @@ class ViLDTask(Task):
         result = self.detect_dataset(inner, self._info(), paths[0], paths[1], benchmark,
                                      self.cfg.data.max_val_images)
         box = result["bbox"]
-        train_json, _ = self._train_paths()
-        inner.set_vocabulary(self.vocabulary(self._base_names(train_json), self.cfg.data.templates)[0]
-                             .to(next(inner.parameters()).device))
+        inner.set_vocabulary(*self._training_vocabulary()[1:])   # back to what training scores
         return {k: float(box[k]) for k in ("AP50_novel", "AP50_base", "AP50", "AP") if k in box}
 
     def export(self, module: "torch.nn.Module", out: Path, report: "TrainReport") -> Path:
