@@ -21,7 +21,7 @@ from clipheads.core.errors import UserError
 from .data import to_tensor
 from .proposal_cache import CacheSpec, ProposalCache, ShardRecord, fill_cache
 
-SCALES = (1.0, 1.5)
+SCALES = (1.0, 1.5)   # the paper's crops: the box and 1.5x around it
 
 
 def _sha256(path: Path) -> str:
@@ -53,7 +53,8 @@ def read_proposal_file(path: Path, max_proposals: int) -> dict[int, torch.Tensor
 
 
 def run_precompute(task, data_json: Path, images: Path, out: Path, checkpoint: Path | None,
-                   proposals: Path | None, max_proposals: int, shard_size: int, limit: int | None) -> dict[str, Any]:
+                   proposals: Path | None, max_proposals: int, shard_size: int, limit: int | None,
+                   scales: tuple[float, ...] = SCALES) -> dict[str, Any]:
     ds = CocoDetection(images, data_json)
     ids = ds.ids[:limit] if limit else ds.ids
     backbone = task.ctx.backbone
@@ -71,7 +72,7 @@ def run_precompute(task, data_json: Path, images: Path, out: Path, checkpoint: P
         def propose(image_id: int, pixels: torch.Tensor) -> torch.Tensor:
             return model.proposals([pixels])[0][:max_proposals]
 
-    spec = CacheSpec(backbone.fingerprint, SCALES, max_proposals, source, len(ids), shard_size)
+    spec = CacheSpec(backbone.fingerprint, tuple(scales), max_proposals, source, len(ids), shard_size)
     cache = ProposalCache.create_or_resume(out, spec)
     index = {image_id: i for i, image_id in enumerate(ds.ids)}
     mean = torch.tensor(backbone.mean, device=task.ctx.device).view(1, 3, 1, 1)
@@ -84,7 +85,7 @@ def run_precompute(task, data_json: Path, images: Path, out: Path, checkpoint: P
         pixels = to_tensor(item[0]).to(task.ctx.device)
         with torch.no_grad():
             boxes = _clip_to_image(propose(image_id, pixels).float().to(pixels.device), pixels.shape[-2:])
-            emb = backbone.region_embeddings((pixels[None] - mean) / std, [boxes], scales=SCALES)
+            emb = backbone.region_embeddings((pixels[None] - mean) / std, [boxes], scales=tuple(scales))
         return ShardRecord(image_id, boxes.cpu(), emb.cpu())
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -53,6 +53,16 @@ class Detection:
         return row
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or any(not 0.0 < s <= 10.0 for s in scales):
+        raise argparse.ArgumentTypeError(f"'{text}': give comma-separated crop scales in (0, 10], e.g. 1.0,1.5")
+    return scales
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="a detector folder written by 'vild train' "
                         "(default: the bundled tiny-world detector)")
@@ -99,6 +109,8 @@ class ViLDTask(Task):
                                 "a COCO results json ([{image_id, bbox xywh, score}, ...])")
             parser.add_argument("--max-proposals", type=positive_int, default=300, help="M per image")
             parser.add_argument("--shard-size", type=positive_int, default=256, help="images per cache shard")
+            parser.add_argument("--scales", type=_scales, default=(1.0, 1.5), help="crop scales around each "
+                                "box, embedded and summed (the paper: 1.0,1.5)")
 
     # models -----------------------------------------------------------------------------
     def build_detector(self, info: "DetectorInfo") -> "ViLDDetector":
@@ -276,7 +288,7 @@ class ViLDTask(Task):
     # precompute (ViLD-image targets) --------------------------------------------------------
     def precompute(self, data_json: Path | None = None, images: Path | None = None, limit: int | None = None,
                    checkpoint: Path | None = None, proposals: Path | None = None, max_proposals: int = 300,
-                   shard_size: int = 256) -> dict:
+                   shard_size: int = 256, scales: Sequence[float] = (1.0, 1.5)) -> dict:
         """Embed up to M proposals per training image with the frozen CLIP into a
         resumable, sharded cache at --out (rank-parallel under torchrun)."""
         from .precompute import run_precompute
@@ -287,7 +299,7 @@ class ViLDTask(Task):
         elif data_json is None or images is None:
             raise UserError("precompute needs both --data-json FILE and --images DIR (or neither: the tiny world)")
         return run_precompute(self, data_json, images, self.ctx.out_dir(), checkpoint, proposals,
-                              max_proposals, shard_size, limit)
+                              max_proposals, shard_size, limit, tuple(scales))
 
     # training on the core runtime ---------------------------------------------------------
     def _train_paths(self) -> tuple[Path, Path]:
