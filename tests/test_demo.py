@@ -63,7 +63,7 @@ def gallery(tmp_path_factory):
 
 def test_every_image_in_the_gallery_exists(gallery) -> None:
     run, cells = gallery
-    assert {h.name for h in run.heads} >= {"classify", "clipasso", "groupvit", "lseg"}
+    assert {h.name for h in run.heads} >= {"classify", "clipasso", "groupvit", "lseg", "vild"}
     sources = [src for cell in cells for src in cell["images"]]
     assert sources
     for src in sources:
@@ -182,3 +182,14 @@ def test_groupvit_cells_show_groups_overlay_and_legend(gallery) -> None:
         names = [src.rsplit("/", 1)[-1] for src in cell["images"]]
         assert len(names) == 4 and names[1].endswith("_groups.png") and names[2].endswith("_overlay.png")
         assert names[3].endswith("_legend.png") and cell["lines"][0].endswith("groups")
+
+
+def test_vild_cells_show_boxes_of_base_and_novel_shapes(gallery) -> None:
+    _, cells = gallery
+    cells = [c for c in cells if c["section"] == "vild"]
+    assert cells, "the vild head ran no demo"
+    for cell in cells:
+        names = [src.rsplit("/", 1)[-1] for src in cell["images"]]
+        assert len(names) == 2 and names[1].endswith("_boxes.png")
+    lines = [line for c in cells for line in c["lines"]]
+    assert any("(novel)" in line for line in lines), lines
