@@ -45,6 +45,12 @@ def load_coco(ann_file: str | os.PathLike[str]) -> Any:
     data.setdefault("annotations", [])
     data.setdefault("categories", [])
     _check_category_ids(data, path)
+    return coco_index(data)
+
+
+def coco_index(data: dict[str, Any]) -> Any:
+    """A pycocotools `COCO` index over an in-memory instances dict (no stdout chatter)."""
+    from pycocotools.coco import COCO
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

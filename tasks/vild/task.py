@@ -239,7 +239,7 @@ class ViLDTask(Task):
         """COCO/LVIS metrics of `model` on a json + folder, with the base/novel bookkeeping."""
         import torch
 
-        from clipheads.core.data.coco import CocoDetection
+        from clipheads.core.data.coco import CocoDetection, coco_index
 
         from .data import to_tensor
         from .evaluation import evaluate_coco, evaluate_lvis
@@ -271,7 +271,7 @@ class ViLDTask(Task):
             if model.cfg.mask:
                 metrics["segm"] = evaluate_lvis(gt, results, "segm", split)
         else:
-            coco = ds.coco if limit is None else _coco_from(gt)
+            coco = ds.coco if limit is None else coco_index(gt)
             metrics = {"bbox": evaluate_coco(coco, results, "bbox", split)}
             if model.cfg.mask:
                 metrics["segm"] = evaluate_coco(coco, results, "segm", split)
@@ -480,15 +480,3 @@ def _subset(dataset: dict, image_ids: set[int]) -> dict:
     """The ground truth restricted to `image_ids` (evaluating a --limit prefix)."""
     return {**dataset, "images": [i for i in dataset["images"] if i["id"] in image_ids],
             "annotations": [a for a in dataset["annotations"] if a["image_id"] in image_ids]}
-
-
-def _coco_from(dataset: dict):
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
