@@ -52,15 +52,16 @@ def drawing(colour: str, shape: str, size: int = 96, background=(245, 245, 245),
 
 
 def two_shapes(first: tuple[str, str], second: tuple[str, str], size: int = 128,
-               background=(245, 245, 245)) -> tuple[Image.Image, "list"]:
-    """Two coloured shapes side by side on a plain background, and each one's own mask
-    (a boolean array from drawing it alone), for per-shape IoU checks."""
+               background=(245, 245, 245), radius: float = 0.2) -> tuple[Image.Image, "list"]:
+    """Two coloured shapes side by side on a plain background (each `radius` x `size` in
+    radius), and each one's own mask (a boolean array from drawing it alone), for
+    per-shape IoU checks."""
     import numpy as np
     img = Image.new("RGB", (size, size), background)
     masks = []
     for (colour, shape), cx in zip((first, second), (size * 0.28, size * 0.72)):
-        draw_shape(ImageDraw.Draw(img), shape, cx, size * 0.5, size * 0.2, PIL_RGB[colour])
+        draw_shape(ImageDraw.Draw(img), shape, cx, size * 0.5, size * radius, PIL_RGB[colour])
         alone = Image.new("L", (size, size), 0)
-        draw_shape(ImageDraw.Draw(alone), shape, cx, size * 0.5, size * 0.2, 255)
+        draw_shape(ImageDraw.Draw(alone), shape, cx, size * 0.5, size * radius, 255)
         masks.append(np.asarray(alone) > 127)
     return img, masks

@@ -179,3 +179,18 @@ def test_distill_boxes_follow_the_transform_resize():
     images, targets, distill = batch()
     model(images[:1], targets[:1], distill[:1])
     assert torch.allclose(seen["rois"][0][-2:], distill[0].boxes / 2)
+
+
+def test_discard_background_softmaxes_the_text_branch_over_classes_only():
+    """The official postprocess option: without it the text probabilities are the
+    background-inclusive softmax minus background; with it, a softmax over the classes."""
+    model = detector("text").eval()
+    pooled = torch.randn(5, model.backbone.out_channels, 7, 7)
+    with torch.no_grad():
+        logits = model.roi_heads.classifier(model.roi_heads.box_head(pooled)[1])
+        _, kept = model.roi_heads.class_scores(pooled)
+        model.roi_heads.discard_background = True
+        _, discarded = model.roi_heads.class_scores(pooled)
+    torch.testing.assert_close(kept, logits.softmax(-1)[:, 1:])
+    torch.testing.assert_close(discarded, logits[:, 1:].softmax(-1))
+    assert torch.all(kept.sum(-1) < 1) and torch.allclose(discarded.sum(-1), torch.ones(5))

@@ -1,10 +1,8 @@
 """The bundled tiny-world ViLD detector: trained on four base shapes' boxes and names,
 distilled from the tiny CLIP's region embeddings, it finds the two novel shapes (never
 a box, never a name in training) in held-out scenes clearly better than its text branch
-alone (ViLD-text), and finds base shapes drawn with plain PIL.
-
-Not (yet) reached: novel shapes drawn with plain PIL get boxes (IoU >= 0.5) but scores
-near zero (docs/vild.md), so that part of the issue stays open and is not asserted."""
+alone (ViLD-text), and names base and novel shapes drawn with plain PIL (novel ones at
+low scores, docs/vild.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,13 +49,37 @@ def _iou(box, mask) -> float:
     return inter / (area(box) + area(truth) - inter)
 
 
-@pytest.mark.parametrize("pair", [(("red", "circle"), ("blue", "heart")),
-                                  (("green", "square"), ("orange", "cross"))])
-def test_pil_drawn_base_shape_next_to_a_novel_one(task, pair):
-    image, masks = two_shapes(*pair, size=96)
-    dets = task.predict([image], LABELS)[0]
-    for (_, shape), mask in zip(pair[:1], masks[:1]):
-        hits = [d for d in dets if _iou(d.box, mask) >= 0.5]
-        assert hits, f"no box on the drawn {shape} (detections: {[(d.label, round(d.score, 2)) for d in dets]})"
-        best = max(hits, key=lambda d: d.score)
-        assert best.label == shape, f"the drawn {shape} is labelled {best.label} ({best.score:.2f})"
+COLOURINGS = [("red", "blue"), ("green", "orange"), ("yellow", "purple"),
+              ("blue", "red"), ("purple", "green"), ("orange", "yellow")]
+PAIRS = [((a, base), (b, novel)) for a, b in COLOURINGS for base in BASE for novel in NOVEL]
+
+
+def test_vild_infer_names_pil_drawn_base_and_novel_shapes(tmp_path, capsys):
+    """`vild infer` on 48 drawings (each base shape next to each novel one, six colourings,
+    drawn at the tiny world's object sizes): every shape gets a box with IoU >= 0.5; the
+    best such box names every base shape, and most novel ones (34 of 48 when measured,
+    chance is 1 in 6; yellow novel shapes and orange crosses are missed, docs/vild.md).
+    Novel shapes score 0.001-0.03 (the text branch calls them background), so the
+    threshold is 0, the official postprocess's."""
+    import json
+
+    from clipheads.core.cli import main
+    paths, truths = [], []
+    for i, pair in enumerate(PAIRS):
+        image, masks = two_shapes(*pair, size=128, radius=0.16)
+        paths.append(tmp_path / f"drawing{i}.png")
+        image.save(paths[-1])
+        truths.append(list(zip((pair[0][1], pair[1][1]), masks)))
+    code = main(["vild", "infer", "--image", *map(str, paths), "--labels", ",".join(LABELS),
+                 "--score-threshold", "0", "--out", str(tmp_path / "out"), "--device", "cpu", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    named = {"base": [], "novel": []}
+    for path, truth in zip(paths, truths):
+        dets = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
+        for kind, (shape, mask) in zip(("base", "novel"), truth):
+            hits = [d for d in dets if _iou(d["box"], mask) >= 0.5]
+            assert hits, f"{path.stem}: no box on the drawn {shape}"
+            named[kind].append(max(hits, key=lambda d: d["score"])["label"] == shape)
+    assert all(named["base"]), named["base"]
+    assert sum(named["novel"]) >= 0.6 * len(PAIRS), f"{sum(named['novel'])} of {len(PAIRS)} novel shapes named"

@@ -105,6 +105,9 @@ class InferConfig:
 
     score_threshold: float = checked(0.3, ge=0.0, le=1.0)
     max_detections: int = checked(100, ge=1)
+    # The official postprocess option (false in its configs): softmax the text branch
+    # without its background logit; it trades base precision for novel recall (docs/vild.md).
+    discard_background: bool = False
 
 
 @dataclass

@@ -71,6 +71,9 @@ class ViLDRoIHeads(RoIHeads):
         self.box_loss_beta = box_loss_beta
         self.register_buffer("novel", torch.zeros(0, dtype=torch.bool), persistent=False)
         self.branch = "ensemble"    # inference of an ensemble: "ensemble" | "text" | "image" (paper ablations)
+        # The official postprocess option: drop the text branch's background logit before
+        # its softmax, so classes never learned as boxes are not drowned by "background".
+        self.discard_background = False
 
     def set_vocabulary(self, text: torch.Tensor, novel: torch.Tensor | None = None,
                        zero_in_training: bool = True) -> None:
@@ -138,7 +141,8 @@ class ViLDRoIHeads(RoIHeads):
     def class_scores(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, [N, C] class probabilities) of pooled RoI features at inference."""
         feats, regions = self.box_head(pooled)
-        text_probs = self.classifier(regions).softmax(dim=-1)[:, 1:]
+        logits = self.classifier(regions)
+        text_probs = logits[:, 1:].softmax(dim=-1) if self.discard_background else logits.softmax(dim=-1)[:, 1:]
         if self.image_branch is None or self.branch == "text":
             return feats, text_probs
         _, image_regions = self.image_branch(pooled)

@@ -134,6 +134,7 @@ class ViLDTask(Task):
                             f"({self.ctx.backbone.fingerprint}): pass --backbone {info.backbone}")
         model = self.build_detector(info)
         load_state_dict_strict(model, read_state(path), str(path), "this ViLD detector")
+        model.roi_heads.discard_background = self.cfg.infer.discard_background
         return model.to(self.ctx.device).eval(), info
 
     def vocabulary(self, labels: Sequence[str], templates: str, base: Sequence[str] = ()) -> tuple["torch.Tensor", "torch.Tensor"]:
