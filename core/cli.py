@@ -25,7 +25,8 @@ from .registry import TASKS
 
 ACTIONS = ("infer", "train", "eval")
 HELP = {"infer": "run on your own inputs", "train": "train (torchrun-ready)", "eval": "evaluate",
-        "precompute": "precompute what training reads (torchrun-ready, resumable)"}
+        "precompute": "precompute what training reads (torchrun-ready, resumable)",
+        "index": "encode your files once into a searchable index (resumable, adds new files only)"}
 # the Task method behind each action that is not named like it
 METHODS = {"eval": "evaluate"}
 
