@@ -65,3 +65,19 @@ def two_shapes(first: tuple[str, str], second: tuple[str, str], size: int = 128,
         draw_shape(ImageDraw.Draw(alone), shape, cx, size * 0.5, size * radius, 255)
         masks.append(np.asarray(alone) > 127)
     return img, masks
+
+
+def moving_shape_frames(colour: str, shape: str, direction: str, n_frames: int = 16, size: int = 96,
+                        radius: float = 0.14, background=(245, 245, 245)):
+    """uint8 frames [n, size, size, 3] of one PIL-drawn shape crossing half the image
+    (`direction` left/right/up/down), for video tests."""
+    import numpy as np
+    step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
+    frames = []
+    for t in range(n_frames):
+        shift = (t / max(n_frames - 1, 1) - 0.5) * 0.5 * size
+        img = Image.new("RGB", (size, size), background)
+        draw_shape(ImageDraw.Draw(img), shape, size / 2 + step[0] * shift, size / 2 + step[1] * shift,
+                   size * radius, PIL_RGB[colour])
+        frames.append(np.asarray(img))
+    return np.stack(frames)

@@ -1,5 +1,5 @@
-"""The core runtime under a real `torchrun` (2 CPU processes, gloo): `lseg train` and
-`clip train` end equal to one process with the same global batch, with one export and one
+"""The core runtime under a real `torchrun` (2 CPU processes, gloo): `lseg`, `clip`,
+`groupvit` and `clip4clip train` end equal to one process with the same global batch, with one export and one
 summary; a run killed with SIGKILL resumes bit-identically on webdataset shards.
 
 SGD keeps the comparison about gradients: Adam divides by sqrt(v), which turns the float
@@ -36,6 +36,10 @@ GROUPVIT = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "d
             "--set", "train.eval_every=3", "--set", "train.ckpt_every=3", "--set", "train.warmup_steps=1",
             "--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--set", "group_noun_weight=1.0",
             "--set", "gumbel_noise=false"]   # Gumbel draws come from each rank's generator
+CLIP4CLIP = ["--set", "data.n_train=16", "--set", "data.n_val=4", "--set", "data.n_test=4",
+             "--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "train.eval_every=3",
+             "--set", "train.ckpt_every=3", "--set", "train.warmup_steps=1", "--set", "train.optimizer=sgd",
+             "--set", "train.lr=0.05"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -113,6 +117,20 @@ def test_clip_torchrun_equals_one_process(tmp_path):
     export = tmp_path / "two" / "export"
     assert sorted(p.name for p in export.iterdir()) == ["SHA256SUMS", "open_clip_config.json",
                                                        "open_clip_model.safetensors"]
+    no_leftovers(tmp_path / "two")
+
+
+def test_clip4clip_torchrun_equals_one_process(tmp_path):
+    """seqTransf on precomputed frame features, the loss over text/video embeddings
+    gathered from both ranks (local gradient): 2 ranks = 1 process, one exported head."""
+    one = clipheads(tmp_path, "clip4clip", "train", "--out", str(tmp_path / "one"), *CLIP4CLIP)
+    two = clipheads(tmp_path, "clip4clip", "train", "--out", str(tmp_path / "two"), *CLIP4CLIP, nproc=2)
+    assert [s["world_size"] for s in summaries(two)] == [2] and "val_t2v_R@1" in summaries(two)[0]
+    a, b = model_state(tmp_path / "one", 3), model_state(tmp_path / "two", 3)
+    assert_equal_states(a, b)
+    assert any(k.startswith("temporal.transformer.blocks.3.") for k in b)
+    head = tmp_path / "two" / "head"
+    assert sorted(p.name for p in head.iterdir()) == ["clip4clip_head.json", "clip4clip_head.safetensors"]
     no_leftovers(tmp_path / "two")
 
 

@@ -20,6 +20,7 @@ from clipheads.core.data.video import video_backend
 from clipheads.core.errors import UserError
 
 SLICE_HEAD, SLICE_TAIL, SLICE_UNIFORM = 0, 1, 2
+_TRUNCATION_SLACK = 2   # a container promising more frames than this beyond its packets is cut
 
 
 def sample_indices(n_frames: int, fps: float, max_frames: int = 12, slice_framepos: int = SLICE_UNIFORM
@@ -64,8 +65,11 @@ def _pyav_frames(path: Path, max_frames: int, slice_framepos: int) -> tuple[np.n
                 raise CorruptSample(path, "no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 25)
+            promised = int(stream.frames or 0)
             # Count packets (no decoding): container frame counts are missing or wrong often.
             n = sum(1 for p in container.demux(stream) if p.size > 0)
+        if promised and n + _TRUNCATION_SLACK < promised:
+            raise CorruptSample(path, f"truncated video: {n} of {promised} frames present")
         idx = sample_indices(n, fps, max_frames, slice_framepos)
         if not idx:
             raise CorruptSample(path, "video has no frames")
@@ -87,13 +91,19 @@ def _pyav_frames(path: Path, max_frames: int, slice_framepos: int) -> tuple[np.n
 
 def read_clip(path: str | os.PathLike[str], max_frames: int = 12, slice_framepos: int = SLICE_UNIFORM,
               backend: str | None = None) -> tuple[np.ndarray, list[int]]:
-    """(uint8 frames T x H x W x 3, their indices) with the official sampling."""
+    """(uint8 frames T x H x W x 3, their indices) with the official sampling; by default
+    decord when importable (PyAV gets the files decord cannot read), else PyAV."""
     p = Path(path)
     if not p.exists():
         raise MissingSample(p, "video file")
     if not p.is_file() or p.stat().st_size == 0:
         raise CorruptSample(p, "empty or not a file")
-    backend = backend or video_backend()
+    if backend is None and video_backend() == "decord":
+        try:
+            return _decord_frames(p, max_frames, slice_framepos)
+        except CorruptSample:   # decord trips on some valid files (e.g. 2x2 pixels): PyAV decides
+            return _pyav_frames(p, max_frames, slice_framepos)
+    backend = backend or "pyav"
     if backend == "decord":
         return _decord_frames(p, max_frames, slice_framepos)
     if backend == "pyav":

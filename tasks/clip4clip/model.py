@@ -51,7 +51,11 @@ class Clip4Clip(nn.Module):
             self.temporal = SeqTransf(spec.dim, spec.layers, spec.heads, spec.positions)
         else:
             self.cross = CrossEncoder(spec.dim, spec.layers, spec.heads, spec.positions)
-        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+        scale = torch.tensor(float(logit_scale))
+        if self.cross is None:
+            self.logit_scale = nn.Parameter(scale)
+        else:   # the cross-encoder's logits are unscaled: a parameter without gradient stalls DDP
+            self.register_buffer("logit_scale", scale)
 
     @property
     def loose(self) -> bool:

@@ -224,12 +224,16 @@ class Clip4ClipTask(Task):
 
     # eval -------------------------------------------------------------------------------------
     def _tiny_world(self) -> Path:
-        from clipheads.core.text.bank import default_cache_dir
+        """The exported clips; the first call (on every rank: it waits for rank 0's export)
+        is remembered, so rank 0's evaluation never waits for ranks that do not evaluate."""
+        if not hasattr(self, "_tiny_root"):
+            from clipheads.core.text.bank import default_cache_dir
 
-        from .tinyworld import tiny_world_videos
-        d = self.cfg.data
-        return tiny_world_videos(Path(self.ctx.cache_dir or default_cache_dir()), d.n_train + d.n_val,
-                                 d.n_test, d.video_size)
+            from .tinyworld import tiny_world_videos
+            d = self.cfg.data
+            self._tiny_root = tiny_world_videos(Path(self.ctx.cache_dir or default_cache_dir()),
+                                                d.n_train + d.n_val, d.n_test, d.video_size)
+        return self._tiny_root
 
     def _benchmark(self, benchmark: str, annotations: Path | None, split: str | None,
                    video_dir: Path | None):
@@ -289,8 +293,8 @@ class Clip4ClipTask(Task):
         """New modules at train.lr; the logit scale (CLIP's own) at lr x 1e-3 (the paper's coef_lr)."""
         inner = getattr(module, "module", module)
         head = [p for n, p in inner.named_parameters() if n != "logit_scale"]
-        groups = [{"params": [inner.logit_scale], "lr_mult": 1e-3}]
-        return ([{"params": head, "lr_mult": 1.0}] if head else []) + groups
+        scale = [p for n, p in inner.named_parameters() if n == "logit_scale"]
+        return [g for g in ({"params": head, "lr_mult": 1.0}, {"params": scale, "lr_mult": 1e-3}) if g["params"]]
 
     def _split(self, which: str):
         """(video entries, folder) of the train / val split of the configured data."""
