@@ -42,9 +42,10 @@ class Clip4ClipData:
     source: str = checked("tiny-world", choices=SOURCES)
     video_dir: str | None = None
     train_annotations: str | None = None     # msrvtt: MSRVTT_data.json or a csv of (video_id, sentence)
-    train_split: str | None = None           # msrvtt json: the split name the train ids come from
-    val_annotations: str | None = None       # model selection (a held-out part of train)
-    val_split: str | None = None
+    train_split: str | None = None           # msrvtt json: only videos of this 'split' field
+    train_ids: str | None = None             # a csv whose video_id column lists the training videos (9k / 7k)
+    val_annotations: str | None = None       # model selection; default: train_annotations
+    val_split: str | None = None             # e.g. 'validate' (MSR-VTT's own 497): removed from training
     test_annotations: str | None = None      # msrvtt: MSRVTT_JSFUSION_test.csv (1k-A); eval only
     max_words: int = checked(32, ge=2)       # text tokens incl. start/end (longer captions are cut)
     n_train: int = checked(1500, ge=1)       # tiny world videos
@@ -53,7 +54,8 @@ class Clip4ClipData:
     video_size: int = checked(96, ge=32)
     num_workers: int = checked(0, ge=0)      # decoding processes
 
-    def validate(self) -> "Clip4ClipData":
+    def check_paths(self) -> "Clip4ClipData":
+        """Paths training needs (paper configs leave them to --set, so not checked at load)."""
         if self.source == "msrvtt" and not (self.video_dir and self.train_annotations):
             raise UserError("data.source=msrvtt needs data.video_dir and data.train_annotations "
                             "(e.g. --set data.video_dir=MSRVTT/videos --set data.train_annotations=MSRVTT_data.json)")
@@ -71,6 +73,5 @@ class Clip4ClipConfig(TaskConfig):
     checkpoint: str | None = None            # a head folder written by 'clip4clip train'
 
     def validate(self) -> "Clip4ClipConfig":
-        self.data.validate()
         self.train.validate()
         return self

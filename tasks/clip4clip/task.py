@@ -111,9 +111,9 @@ class Clip4ClipTask(Task):
 
     # index ------------------------------------------------------------------------------------
     def index(self, videos: str, checkpoint: Path | None = None, head: str | None = None,
-              batch_size: int = 16, workers: int = 0, chunk: int = 256) -> dict[str, Any]:
-        """Encode every video under `videos` not yet in the index at --out; corrupt files
-        are listed in skipped.json, not indexed."""
+              batch_size: int = 16, workers: int = 0, chunk: int = 256, root: Path | None = None) -> dict[str, Any]:
+        """Encode every video under `videos` not yet in the index at `root` (default --out);
+        corrupt files are listed in skipped.json, not indexed."""
         import torch
 
         from .encode import encode_videos
@@ -121,7 +121,7 @@ class Clip4ClipTask(Task):
         from .weights import head_id
         paths = list_videos(videos)
         model, info = self.load_head(checkpoint, head)
-        store = VideoIndex(self.ctx.out_dir())
+        store = VideoIndex(root if root is not None else self.ctx.out_dir())
         store.open(self._index_spec(info))
         known = {k.path: k for k in store.known()}
         keys = [FileKey.of(p) for p in paths]
@@ -299,15 +299,21 @@ class Clip4ClipTask(Task):
     def _split(self, which: str):
         """(video entries, folder) of the train / val split of the configured data."""
         from clipheads.core.data.msrvtt import load_msrvtt
-        d = self.cfg.data
+        d = self.cfg.data.check_paths()
         if d.source == "tiny-world":
             root = self._tiny_world()
             entries = load_msrvtt(root / "msrvtt_train.json")
             return (entries[:d.n_train] if which == "train" else entries[d.n_train:d.n_train + d.n_val]), root / "videos"
-        path = d.train_annotations if which == "train" else d.val_annotations
-        if path is None:
-            return [], Path(d.video_dir)
-        return load_msrvtt(path, d.train_split if which == "train" else d.val_split), Path(d.video_dir)
+        val = (load_msrvtt(d.val_annotations or d.train_annotations, d.val_split)
+               if d.val_annotations or d.val_split else [])
+        if which == "val":
+            return val, Path(d.video_dir)
+        train = load_msrvtt(d.train_annotations, d.train_split)
+        if d.train_ids:
+            listed = {e.video_id for e in load_msrvtt(d.train_ids)}
+            train = [e for e in train if e.video_id in listed]
+        held_out = {e.video_id for e in val}
+        return [e for e in train if e.video_id not in held_out], Path(d.video_dir)
 
     def _features(self, entries, folder: Path, max_frames: int, slice_framepos: int, max_words: int,
                   workers: int = 0):
@@ -410,6 +416,39 @@ class Clip4ClipTask(Task):
     def install(self, exported: Path) -> Path:
         from .weights import bundled_head_dir, read_info, read_state, save_head
         return save_head(bundled_head_dir(), read_state(exported), read_info(exported), half=True)
+
+    # demo -------------------------------------------------------------------------------------
+    def demo(self, examples: list[Path], out: Path) -> list[DemoItem] | None:
+        """Six held-out tiny-world clips indexed with the bundled head; two captions
+        searched, each shown with its top 3 clips as rows of frames."""
+        from clipheads.core.data.video import write_video
+        from clipheads.core.tinyworld.splits import split_seeds
+        from clipheads.core.tinyworld.video import make_video
+
+        from .render import frame_row
+        from .tinyworld import VIDEO_FPS, VIDEO_FRAMES
+        from .weights import FOLDER, bundled_head_dir
+        if not FOLDER.exists(bundled_head_dir()):
+            return None
+        clips = [make_video(seed, n_frames=VIDEO_FRAMES, size=96) for seed in split_seeds("test", 6, start=1000)]
+        folder = out / "videos"
+        for k, clip in enumerate(clips):
+            write_video(folder / f"clip{k}.mp4", clip.frames, VIDEO_FPS)
+        progress, self.ctx.progress = self.ctx.progress, False
+        try:
+            self.index(str(folder), root=out / "index")
+        finally:
+            self.ctx.progress = progress
+        queries = [clips[0].caption, clips[3].caption]
+        items = []
+        for q, result in zip(queries, self.infer(out / "index", query=queries, top=3)):
+            images, lines = [], []
+            for r in result["results"]:
+                name = Path(r["path"]).stem
+                images.append(frame_row(Path(r["path"]), out / f"{len(items)}_{r['rank']}_{name}.png").name)
+                lines.append(f"{r['rank']}. {name} ({r['score']:.2f}): {clips[int(name[4:])].caption}")
+            items.append(DemoItem(f"query: {q}", images, lines))
+        return items
 
     def describe(self, action: str, result: Any) -> list[str]:
         if action == "index":
