@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipheads.core.errors import UserError
-from clipheads.tasks.lseg.convert import convert, guess_clip_arch, map_key
+from clipheads.core.backbone.weights import guess_openai_arch
+from clipheads.tasks.lseg.convert import convert, map_key
 from clipheads.tasks.lseg.encoders import TimmViTEncoder
 from clipheads.tasks.lseg.model import LSegNet
 from clipheads.tasks.lseg.weights import check_state
@@ -243,7 +244,7 @@ def test_official_layouts_map_without_missing_or_unexpected_keys(variant):
     assert conv.model.strides == [4, 8, 16, 32] and conv.model.features == 256 and conv.model.use_bn
     assert conv.model.channels == ([256, 512, 1024, 1024] if vit_l else [96, 192, 384, 768])
     assert conv.model.arch_option == option
-    assert conv.text_dim == 512 and guess_clip_arch(conv.clip_state) == "ViT-B-32-quickgelu"
+    assert conv.text_dim == 512 and guess_openai_arch(conv.clip_state) == "ViT-B-32-quickgelu"
     with torch.device("meta"):
         ours = LSegNet(TimmViTEncoder(conv.model.timm.name, conv.model.layers), conv.model, conv.text_dim)
         c = open_clip.get_model_config("ViT-B-32-quickgelu")

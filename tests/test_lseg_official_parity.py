@@ -27,7 +27,8 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from clipheads.tasks.lseg.convert import convert, guess_clip_arch
+from clipheads.core.backbone.weights import guess_openai_arch
+from clipheads.tasks.lseg.convert import convert
 from clipheads.tasks.lseg.encoders import TimmViTEncoder
 from clipheads.tasks.lseg.model import LSegNet
 from clipheads.tasks.lseg.weights import check_state
@@ -106,7 +107,7 @@ def test_logits_match_lang_segs_own_network(arch, depth):
     step = int(fx["pixel_step"])
     expected = torch.from_numpy(fx[f"arch{arch}_logits"])
     conv = convert(official_state(f"clip_vitb32_384/arch{arch}"), arch_option=arch or None, block_depth=depth)
-    assert guess_clip_arch(conv.clip_state) == "ViT-B-32-quickgelu"
+    assert guess_openai_arch(conv.clip_state) == "ViT-B-32-quickgelu"
     net = LSegNet(TimmViTEncoder(conv.model.timm.name, conv.model.layers), conv.model, conv.text_dim).eval()
     check_state(net.state_dict(), conv.head_state, "formula")
     net.load_state_dict(conv.head_state, strict=True)

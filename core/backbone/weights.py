@@ -185,6 +185,32 @@ def _guess_arch(state: Mapping[str, torch.Tensor]) -> list[str]:
     return found[:4]
 
 
+def guess_openai_arch(clip_state: Mapping[str, torch.Tensor], what: str = "the checkpoint's CLIP") -> str:
+    """The open_clip QuickGELU architecture (as OpenAI trained) matching an OpenAI-layout
+    ViT CLIP state dict in every tower size, e.g. ViT-B-32-quickgelu for the CLIP inside
+    an LSeg or CLIP4Clip checkpoint."""
+    conv = clip_state.get("visual.conv1.weight")
+    proj = clip_state.get("text_projection")
+    if conv is None or proj is None:
+        raise UserError(f"{what} is not an OpenAI ViT CLIP (no visual.conv1 / text_projection)")
+    layers = len({k.split(".")[3] for k in clip_state if k.startswith("visual.transformer.resblocks.")})
+    t_layers = len({k.split(".")[2] for k in clip_state if k.startswith("transformer.resblocks.")})
+    image_size = int(round((clip_state["visual.positional_embedding"].shape[0] - 1) ** 0.5)) * conv.shape[-1]
+    found = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        if (v.get("width") == conv.shape[0] and v.get("patch_size") == conv.shape[-1]
+                and v.get("layers") == layers and cfg.get("embed_dim") == proj.shape[-1]
+                and t.get("width") == proj.shape[0] and t.get("layers") == t_layers
+                and v.get("image_size") == image_size
+                and (cfg.get("quick_gelu") or name.endswith("-quickgelu"))):
+            found.append(name)
+    if not found:
+        raise UserError(f"no open_clip QuickGELU architecture matches {what}'s shapes; pass --clip-arch NAME")
+    return sorted(found, key=len)[0]
+
+
 def _activation_problem(ckpt: CheckpointFile, arch: str, quick_gelu: bool) -> tuple[str, str] | None:
     """(what is wrong, how to fix it) for a QuickGELU/GELU mismatch, or None."""
     trained, origin = ckpt.quick_gelu, ""

@@ -85,8 +85,8 @@ class Clip4ClipTask(Task):
             raise UserError("--head meanP and --checkpoint are two heads: pass one")
         if head is None and path is None and self.cfg.backbone == "tiny-world" and FOLDER.exists(bundled_head_dir()):
             path = bundled_head_dir()
-        bb = self.ctx.backbone
         if path is None:
+            bb = self.ctx.backbone
             spec = HeadSpec("meanP", bb.embed_dim)
             info = HeadInfo(spec, str(bb.spec), bb.fingerprint, self.cfg.frames.max_frames,
                             self.cfg.frames.slice_framepos, self.cfg.data.max_words)
@@ -96,6 +96,10 @@ class Clip4ClipTask(Task):
         if not path.exists():
             raise UserError(f"CLIP4Clip head not found: {path}; pass a folder written by 'clip4clip train'")
         info = read_info(path)
+        if "backbone" not in self.ctx.chosen and not self.ctx.has_backbone:   # the head's own backbone
+            weights = str(FOLDER.files(path)[0].parent / info.backbone_weights) if info.backbone_weights else None
+            self.cfg.backbone, self.cfg.weights = info.backbone, weights
+        bb = self.ctx.backbone
         if bb.fingerprint != info.backbone_fingerprint:
             raise UserError(f"the head at {path} was trained on backbone {info.backbone} "
                             f"({info.backbone_fingerprint}); this run uses {bb.spec} ({bb.fingerprint}): "

@@ -28,6 +28,7 @@ class HeadInfo:
     max_frames: int = 12
     slice_framepos: int = 2
     max_words: int = 32
+    backbone_weights: str | None = None   # a CLIP file next to the head (imported checkpoints)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
 

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import open_clip
 import torch
 
 from clipheads.core.atomic import atomic_path
+from clipheads.core.backbone.weights import guess_openai_arch
 from clipheads.core.checkpoint_pickle import load_checkpoint_object
 from clipheads.core.errors import UserError
 
@@ -166,36 +166,6 @@ def convert(state: dict[str, torch.Tensor], **overrides) -> Converted:
     return Converted(head, clip, model, text_dim, sorted(dropped))
 
 
-def guess_clip_arch(clip_state: dict[str, torch.Tensor]) -> str:
-    """The open_clip architecture (QuickGELU, as OpenAI trained) matching an OpenAI-layout
-    CLIP state dict, e.g. ViT-B-32-quickgelu for LSeg's clip_pretrained."""
-    conv = clip_state.get("visual.conv1.weight")
-    proj = clip_state.get("text_projection")
-    if conv is None or proj is None:
-        raise UserError("net.clip_pretrained is not an OpenAI ViT CLIP (no visual.conv1 / text_projection)")
-    layers = len({k.split(".")[3] for k in clip_state if k.startswith("visual.transformer.resblocks.")})
-    t_layers = len({k.split(".")[2] for k in clip_state if k.startswith("transformer.resblocks.")})
-    found = []
-    for name in open_clip.list_models():
-        cfg = open_clip.get_model_config(name) or {}
-        v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-        if (v.get("width") == conv.shape[0] and v.get("patch_size") == conv.shape[-1]
-                and v.get("layers") == layers and cfg.get("embed_dim") == proj.shape[-1]
-                and t.get("width") == proj.shape[0] and t.get("layers") == t_layers
-                and v.get("image_size") == _image_size(clip_state, conv.shape[-1])
-                and (cfg.get("quick_gelu") or name.endswith("-quickgelu"))):
-            found.append(name)
-    if not found:
-        raise UserError("no open_clip QuickGELU architecture matches net.clip_pretrained's shapes; "
-                        "pass --clip-arch NAME")
-    return sorted(found, key=len)[0]
-
-
-def _image_size(clip_state: dict[str, torch.Tensor], patch: int) -> int:
-    n = clip_state["visual.positional_embedding"].shape[0] - 1
-    return int(round(n ** 0.5)) * patch
-
-
 def export(conv: Converted, out: Path, source: str, clip_arch: str | None = None) -> dict:
     """Write the head folder (lseg_head.* + clip.safetensors), after proving both parts
     load: the CLIP file through the core backbone loader, the head against an LSegNet
@@ -208,7 +178,7 @@ def export(conv: Converted, out: Path, source: str, clip_arch: str | None = None
     from .model import LSegNet
     from .weights import HeadInfo, check_state, save_head
 
-    arch = clip_arch or guess_clip_arch(conv.clip_state)
+    arch = clip_arch or guess_openai_arch(conv.clip_state, "net.clip_pretrained")
     out.mkdir(parents=True, exist_ok=True)
     clip_path = out / CLIP_FILE
     with atomic_path(clip_path) as tmp:
