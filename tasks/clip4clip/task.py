@@ -294,11 +294,14 @@ class Clip4ClipTask(Task):
         return model
 
     def param_groups(self, module: "torch.nn.Module") -> list[dict]:
-        """New modules at train.lr; the logit scale (CLIP's own) at lr x 1e-3 (the paper's coef_lr)."""
+        """New modules at train.lr; the logit scale (CLIP's own) at lr x 1e-3 (the paper's
+        coef_lr); weight decay on everything but biases, as the official optimiser."""
         inner = getattr(module, "module", module)
-        head = [p for n, p in inner.named_parameters() if n != "logit_scale"]
-        scale = [p for n, p in inner.named_parameters() if n == "logit_scale"]
-        return [g for g in ({"params": head, "lr_mult": 1.0}, {"params": scale, "lr_mult": 1e-3}) if g["params"]]
+        named = list(inner.named_parameters())
+        groups = [{"params": [p for n, p in named if n != "logit_scale" and "bias" not in n], "lr_mult": 1.0},
+                  {"params": [p for n, p in named if "bias" in n], "lr_mult": 1.0, "weight_decay": 0.0},
+                  {"params": [p for n, p in named if n == "logit_scale"], "lr_mult": 1e-3}]
+        return [g for g in groups if g["params"]]
 
     def _split(self, which: str):
         """(video entries, folder) of the train / val split of the configured data."""
