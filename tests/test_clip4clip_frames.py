@@ -97,7 +97,7 @@ def _variable_rate(path):
 @pytest.mark.parametrize("backend", ["decord", "pyav", None])
 def test_bad_and_odd_videos(tmp_path, clip, backend):
     """Bad files fail as CorruptSample with either backend; odd valid ones decode with
-    PyAV and with the default (decord, PyAV where decord trips: it fails on 2x2 pixels)."""
+    PyAV and with the default (decord, PyAV where decord trips: it fails on tiny frames such as 2x2)."""
     with pytest.raises(MissingSample):
         read_clip(tmp_path / "absent.mp4", backend=backend)
     (tmp_path / "empty.mp4").write_bytes(b"")

@@ -132,3 +132,26 @@ def test_long_captions_are_cut_once_with_a_warning(caplog):
         feats = caption_features(bb, [long, long], 8)
     assert feats.shape == (2, bb.embed_dim) and torch.isfinite(feats).all()
     assert sum("cut" in r.message for r in caplog.records) == 1
+
+
+def test_msrvtt_files_train_list_minus_validation_and_1ka_eval(tmp_path, capsys, one_thread):
+    """MSR-VTT layout: the train list comes from the json filtered by a 9k-style csv, the
+    'validate' videos are taken out of it for model selection, and eval reads a 1k-A csv."""
+    import clipheads
+    from clipheads.tasks.clip4clip.tinyworld import tiny_world_videos
+    doc = {"videos": [{"video_id": f"video{i}", "split": "validate" if i in (2, 5) else "train"} for i in range(8)],
+           "sentences": [{"video_id": f"video{i}", "caption": f"caption {i} {j}"} for i in range(8) for j in range(2)]}
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps(doc))
+    (tmp_path / "train.9k.csv").write_text("video_id\n" + "".join(f"video{i}\n" for i in (0, 1, 2, 3, 5, 6)))
+    task = clipheads.load("clip4clip", device="cpu", progress=False, overrides=[
+        "data.source=msrvtt", f"data.video_dir={tmp_path}", f"data.train_annotations={tmp_path / 'MSRVTT_data.json'}",
+        f"data.train_ids={tmp_path / 'train.9k.csv'}", "data.val_split=validate"])
+    train, _ = task._split("train")
+    val, _ = task._split("val")
+    assert [e.video_id for e in train] == ["video0", "video1", "video3", "video6"]
+    assert [e.video_id for e in val] == ["video2", "video5"] and val[0].captions == ("caption 2 0", "caption 2 1")
+    root = tiny_world_videos(tmp_path / "cache", 2, 6, 96)
+    code, out, rows = run(capsys, "eval", "--benchmark", "msrvtt", "--annotations", str(root / "msrvtt_test.csv"),
+                          "--video-dir", str(root / "videos"))
+    assert code == 0, out.err
+    assert rows[0]["videos"] == rows[0]["captions"] == 6 and rows[0]["t2v"]["queries"] == 6

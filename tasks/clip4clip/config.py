@@ -8,9 +8,8 @@ from clipheads.core.engine import TrainConfig
 from clipheads.core.errors import UserError
 from clipheads.core.task import TaskConfig
 
-from .heads import HEADS
-
 SOURCES = ("tiny-world", "msrvtt")
+HEADS: tuple[str, ...] = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 
 
 @dataclass

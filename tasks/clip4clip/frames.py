@@ -101,7 +101,7 @@ def read_clip(path: str | os.PathLike[str], max_frames: int = 12, slice_framepos
     if backend is None and video_backend() == "decord":
         try:
             return _decord_frames(p, max_frames, slice_framepos)
-        except CorruptSample:   # decord trips on some valid files (e.g. 2x2 pixels): PyAV decides
+        except CorruptSample:   # decord 0.6 fails on some valid files (tiny frames: 48x32, 2x2): PyAV decides
             return _pyav_frames(p, max_frames, slice_framepos)
     backend = backend or "pyav"
     if backend == "decord":

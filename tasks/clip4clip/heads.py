@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-HEADS: tuple[str, ...] = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 MASK_VALUE = -1_000_000.0   # the official additive attention mask for padded frames
 
 

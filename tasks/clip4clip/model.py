@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import HEADS, CrossEncoder, MeanP, SeqLSTM, SeqTransf, masked_mean
+from .config import HEADS
+from .heads import CrossEncoder, MeanP, SeqLSTM, SeqTransf, masked_mean
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
