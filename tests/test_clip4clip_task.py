@@ -155,3 +155,33 @@ def test_msrvtt_files_train_list_minus_validation_and_1ka_eval(tmp_path, capsys,
                           "--video-dir", str(root / "videos"))
     assert code == 0, out.err
     assert rows[0]["videos"] == rows[0]["captions"] == 6 and rows[0]["t2v"]["queries"] == 6
+
+
+def test_a_tight_head_scores_every_pair_of_an_index(videos, tmp_path, capsys, one_thread):
+    """tightTransf has no video embedding: the index keeps frames, infer runs the
+    cross-encoder on each (query, video) pair, and --query-video is refused."""
+    import clipheads
+    from clipheads.tasks.clip4clip.model import Clip4Clip
+    from clipheads.tasks.clip4clip.weights import save_head
+    task = clipheads.load("clip4clip", device="cpu", progress=False, overrides=["head.sim_header=tightTransf"])
+    model = task.build_model()
+    save_head(tmp_path / "tight", model.state_dict(), task._info({}, "test"))
+    idx = tmp_path / "idx"
+    code, out, rows = run(capsys, "index", "--videos", str(videos), "--out", str(idx), "--checkpoint", str(tmp_path / "tight"))
+    assert code == 0 and rows[0]["added"] == 2, out.err
+    code, out, rows = run(capsys, "infer", "--index", str(idx), "--checkpoint", str(tmp_path / "tight"),
+                          "--query", "a red circle", "--query", "a blue square", "--top", "2")
+    assert code == 0, out.err
+    entries = VideoIndex(idx).entries()
+    text = torch.stack([task.ctx.backbone.encode_text([q])[0] for q in ("a red circle", "a blue square")])
+    fresh = Clip4Clip(model.spec)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        want = fresh.eval().logits(text, entries.frames, entries.mask)
+    for row, scores in zip(rows, want):
+        best = int(scores.argmax())
+        assert row["results"][0]["path"] == entries.keys[best].path
+        assert row["results"][0]["score"] == pytest.approx(float(scores[best]), abs=1e-4)
+    code, out, _ = run(capsys, "infer", "--index", str(idx), "--checkpoint", str(tmp_path / "tight"),
+                       "--query-video", str(videos / "red_circle_left.mp4"))
+    assert code == 2 and "loose head" in out.err

@@ -88,8 +88,8 @@ class Clip4ClipTask(Task):
         if path is None:
             bb = self.ctx.backbone
             spec = HeadSpec("meanP", bb.embed_dim)
-            info = HeadInfo(spec, str(bb.spec), bb.fingerprint, self.cfg.frames.max_frames,
-                            self.cfg.frames.slice_framepos, self.cfg.data.max_words)
+            info = HeadInfo(spec, str(bb.spec), bb.fingerprint, max_frames=self.cfg.frames.max_frames,
+                            slice_framepos=self.cfg.frames.slice_framepos, max_words=self.cfg.data.max_words)
             model = Clip4Clip(spec, float(bb.model.logit_scale.detach()))
             return model.to(bb.device).eval(), info
         path = Path(path)
@@ -205,8 +205,10 @@ class Clip4ClipTask(Task):
             with torch.no_grad():
                 if model.loose:
                     scores = F.normalize(text, dim=-1).cpu() @ entries.video.t()
-                else:
-                    scores = model.cross(text.to(dev), entries.frames.to(dev), entries.mask.to(dev)).cpu()
+                else:   # one forward pass per (query, video) pair, in blocks of videos
+                    scores = torch.cat([model.cross(text.to(dev), entries.frames[s:s + 1024].to(dev),
+                                                    entries.mask[s:s + 1024].to(dev)).cpu()
+                                        for s in range(0, len(entries.frames), 1024)], dim=1)
             results += [self._ranked({"query": q}, row, entries, top) for q, row in zip(query, scores)]
         for path in query_video:
             if not model.loose:
@@ -406,8 +408,9 @@ class Clip4ClipTask(Task):
     def _info(self, metrics: dict[str, Any], notes: str) -> "HeadInfo":
         from .weights import HeadInfo
         bb, f = self.ctx.backbone, self.cfg.frames
-        return HeadInfo(self.head_spec(), str(bb.spec), bb.fingerprint, f.max_frames, f.slice_framepos,
-                        self.cfg.data.max_words, metrics, notes)
+        return HeadInfo(self.head_spec(), str(bb.spec), bb.fingerprint, max_frames=f.max_frames,
+                        slice_framepos=f.slice_framepos, max_words=self.cfg.data.max_words, metrics=metrics,
+                        notes=notes)
 
     def export(self, module: "torch.nn.Module", out: Path, report: "TrainReport") -> Path:
         from .weights import save_head
