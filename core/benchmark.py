@@ -57,6 +57,18 @@ def add_common_arguments(parser, task: str) -> None:
     parser.add_argument("--out", help="also write the JSON here")
 
 
+def setup(args, task: str, config_cls: type):
+    """(device, config, FrozenCLIP) from the common options: thread count applied, the
+    task's config loaded with the overrides, the backbone built on the device."""
+    from clipheads.core.backbone import FrozenCLIP
+    from clipheads.core.config import load_config, resolve_config_path
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = load_config(config_cls, resolve_config_path(task, args.config), args.overrides)
+    return device, cfg, FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+
+
 def median_row(rows: list[dict]) -> dict:
     """The median (by seconds) of interleaved `measure` rows."""
     return sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2]

@@ -7,15 +7,19 @@ names its own stem and format tag; this module owns the file mechanics.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from .atomic import atomic_path, atomic_write_text
+from .config import from_dict
 from .errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,14 @@ class HeadFolder:
             raise UserError(f"{meta} has version {data['version']}; this clipheads reads up to "
                             f"{self.version}: upgrade clipheads")
         return {k: v for k, v in data.items() if k not in ("format", "version")}
+
+    def save_dataclass(self, folder: Path, state: dict[str, torch.Tensor], info: Any, half: bool = False) -> Path:
+        """`save` with a dataclass description (nested dataclasses become mappings)."""
+        return self.save(folder, state, dataclasses.asdict(info), half=half)
+
+    def read_dataclass(self, cls: type[T], path: str | Path) -> T:
+        """The description as dataclass `cls` (nested ones rebuilt, unknown keys refused)."""
+        return from_dict(cls, self.read_info(path), where=str(self.files(path)[1]))
 
     def read_state(self, path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors import safe_open

@@ -22,9 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, synchronize
-from clipheads.core.config import load_config, resolve_config_path
+from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, setup, synchronize
 from clipheads.core.data.video import write_video
 from clipheads.tasks.clip4clip.config import Clip4ClipConfig
 from clipheads.tasks.clip4clip.encode import ClipFrames, encode_videos
@@ -55,11 +53,7 @@ def main(argv=None) -> dict:
     p.add_argument("--top", type=int, default=10)
     add_common_arguments(p, "clip4clip")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = load_config(Clip4ClipConfig, resolve_config_path("clip4clip", args.config), args.overrides)
-    bb = FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+    device, cfg, bb = setup(args, "clip4clip", Clip4ClipConfig)
     mf, sf = cfg.frames.max_frames, cfg.frames.slice_framepos
     m = bb.model
     spec = HeadSpec(cfg.head.sim_header if cfg.head.sim_header != "tightTransf" else "seqTransf", bb.embed_dim,

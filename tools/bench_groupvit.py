@@ -21,9 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row
-from clipheads.core.config import load_config, resolve_config_path
+from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, setup
 from clipheads.tasks.groupvit.config import GroupViTConfig, OfficialModel, SegmentConfig
 from clipheads.tasks.groupvit.head import GroupingHead
 from clipheads.tasks.groupvit.official import GroupViT
@@ -39,11 +37,7 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-official", action="store_true", help="skip the (slow on CPU) official model")
     add_common_arguments(p, "groupvit")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = load_config(GroupViTConfig, resolve_config_path("groupvit", args.config), args.overrides)
-    bb = FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+    device, cfg, bb = setup(args, "groupvit", GroupViTConfig)
     torch.manual_seed(0)
     head = GroupingHead(cfg.head, bb).to(device).eval()
     labels = ["background"] + [f"class {i}" for i in range(args.labels - 1)]

@@ -18,9 +18,7 @@ import sys
 
 import torch
 
-from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row
-from clipheads.core.config import load_config, resolve_config_path
+from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, setup
 from clipheads.tasks.vild.config import ViLDConfig
 from clipheads.tasks.vild.detector import ViLDDetector
 
@@ -32,11 +30,7 @@ def main(argv=None) -> dict:
     p.add_argument("--labels", type=int, default=1203, help="vocabulary size (LVIS: 1203)")
     add_common_arguments(p, "vild")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    cfg = load_config(ViLDConfig, resolve_config_path("vild", args.config), args.overrides)
-    bb = FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+    device, cfg, bb = setup(args, "vild", ViLDConfig)
     size = args.size or cfg.model.min_size
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(1, 3, size, size, generator=g).to(device)

@@ -20,10 +20,9 @@ from torch.utils.data import Dataset
 
 from clipheads.core.data.errors import MissingSample
 from clipheads.core.data.skipping import SkipCounter
-from clipheads.core.data.video import read_video_frames
+from clipheads.core.data.video import VIDEO_SUFFIXES, read_video_frames
 from clipheads.core.errors import UserError
 
-VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from clipheads.core.atomic import atomic_path
 from clipheads.core.data.errors import CorruptSample, MissingSample
 from clipheads.core.errors import UserError
 
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 _TOLERANCE_S = 1e-3
 # A container that promised this many frames more than it decoded is truncated.
 _TRUNCATION_SLACK = 2
@@ -71,7 +72,11 @@ def _check_file(path: Path) -> None:
         raise CorruptSample(path, "is not a file")
 
 
-def _read_decord(path: Path, fps: float | None, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+# pick(timestamps in seconds, average fps) -> indices into the timestamps, in output order
+FramePicker = Callable[[list[float], float], list[int]]
+
+
+def _read_decord(path: Path, pick: FramePicker) -> tuple[np.ndarray, np.ndarray]:
     import decord
 
     try:
@@ -80,7 +85,9 @@ def _read_decord(path: Path, fps: float | None, max_frames: int) -> tuple[np.nda
         if n == 0:
             raise CorruptSample(path, "video has no frames")
         times = np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64)[:, 0]
-        idx = select_frames(times.tolist(), fps, max_frames)
+        idx = pick(times.tolist(), float(vr.get_avg_fps()))
+        if not idx:
+            raise CorruptSample(path, "no frame to sample")
         frames = vr.get_batch(idx).asnumpy()
     except CorruptSample:
         raise
@@ -89,7 +96,7 @@ def _read_decord(path: Path, fps: float | None, max_frames: int) -> tuple[np.nda
     return np.ascontiguousarray(frames, dtype=np.uint8), times[idx] - times.min()
 
 
-def _read_pyav(path: Path, fps: float | None, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_pyav(path: Path, pick: FramePicker) -> tuple[np.ndarray, np.ndarray]:
     import av
 
     try:
@@ -107,7 +114,9 @@ def _read_pyav(path: Path, fps: float | None, max_frames: int) -> tuple[np.ndarr
         by_index = any(p is None for p in pts)
         times = ([i / rate for i in range(len(pts))] if by_index
                  else [float(p) * time_base for p in pts])
-        chosen = select_frames(times, fps, max_frames)
+        chosen = pick(times, rate)
+        if not chosen:
+            raise CorruptSample(path, "no frame to sample")
         wanted = set(chosen) if by_index else {pts[i] for i in chosen}
         # Pass 2: decode, keeping only the chosen frames (memory stays at max_frames).
         got: dict[int, np.ndarray] = {}
@@ -135,18 +144,27 @@ def _read_pyav(path: Path, fps: float | None, max_frames: int) -> tuple[np.ndarr
             np.asarray([times[i] - t0 for i in chosen], dtype=np.float64))
 
 
-def read_video_frames(path: str | os.PathLike[str], fps: float | None = 1.0, max_frames: int = 12
+def read_video_frames(path: str | os.PathLike[str], fps: float | None = 1.0, max_frames: int = 12,
+                      pick: FramePicker | None = None, backend: str | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 frames T x H x W x 3 in RGB, float64 timestamps in seconds from the first frame);
-    decord when importable, PyAV for what decord cannot read (PyAV has the last word)."""
+    """(uint8 frames T x H x W x 3 in RGB, float64 timestamps in seconds from the first frame).
+
+    Frames follow `select_frames(fps, max_frames)` unless `pick` chooses them (e.g.
+    CLIP4Clip's index rule). `backend` None: decord when importable, PyAV for what decord
+    cannot read (PyAV has the last word); 'decord' or 'pyav' forces one."""
     p = Path(path)
     _check_file(p)
-    if video_backend() == "decord":
+    pick = pick or (lambda times, rate: select_frames(times, fps, max_frames))
+    if backend not in (None, "decord", "pyav"):
+        raise UserError(f"video backend {backend!r}: use 'decord' or 'pyav'")
+    if backend == "decord":
+        return _read_decord(p, pick)
+    if backend is None and video_backend() == "decord":
         try:
-            return _read_decord(p, fps, max_frames)
+            return _read_decord(p, pick)
         except CorruptSample:   # decord 0.6 fails on some valid files (tiny frames: 48x32, 2x2)
             pass
-    return _read_pyav(p, fps, max_frames)
+    return _read_pyav(p, pick)
 
 
 def _even(frames: np.ndarray) -> np.ndarray:

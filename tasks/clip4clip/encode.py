@@ -58,7 +58,6 @@ class Encoded:
 def frame_features(backbone, pixels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[V, T, 3, S, S] -> [V, T, D] CLIP image embeddings of the real frames (padding stays 0)."""
     v, t = mask.shape
-    out = None
     real = pixels[mask]
     with torch.no_grad():
         feats = backbone.encode_image(real.to(backbone.device)) if len(real) else None

@@ -22,10 +22,10 @@ from typing import Iterable, Iterator
 import torch
 
 from clipheads.core.atomic import atomic_path, atomic_write_text
+from clipheads.core.data.video import VIDEO_SUFFIXES
 from clipheads.core.errors import UserError
 
 FORMAT = "clipheads-clip4clip-index"
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 
 
 @dataclass(frozen=True)

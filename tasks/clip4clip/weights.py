@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from clipheads.core.config import from_dict
 from clipheads.core.head_folder import HeadFolder
 
 from .model import HeadSpec
@@ -38,14 +37,11 @@ def bundled_head_dir() -> Path:
 
 
 def save_head(folder: Path, state: dict[str, torch.Tensor], info: HeadInfo, half: bool = False) -> Path:
-    return FOLDER.save(folder, state, dataclasses.asdict(info), half=half)
+    return FOLDER.save_dataclass(folder, state, info, half=half)
 
 
 def read_info(path: str | Path) -> HeadInfo:
-    body = FOLDER.read_info(path)
-    meta = FOLDER.files(path)[1]
-    body["spec"] = from_dict(HeadSpec, body["spec"], where=f"{meta}.spec")
-    return from_dict(HeadInfo, body, where=str(meta))
+    return FOLDER.read_dataclass(HeadInfo, path)
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:

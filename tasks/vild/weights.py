@@ -4,7 +4,6 @@ fingerprint (its text space), base and novel class names, prompt templates, metr
 The bundled tiny-world detector lives in clipheads/tasks/vild/assets/."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import torch
 
-from clipheads.core.config import from_dict
 from clipheads.core.head_folder import HeadFolder
 
 from .config import DetectorModel, ViLDHeadConfig
@@ -39,15 +37,11 @@ def bundled_detector_dir() -> Path:
 
 
 def save_detector(folder: Path, state: dict[str, torch.Tensor], info: DetectorInfo, half: bool = False) -> Path:
-    return FOLDER.save(folder, state, dataclasses.asdict(info), half=half)
+    return FOLDER.save_dataclass(folder, state, info, half=half)
 
 
 def read_info(path: str | Path) -> DetectorInfo:
-    body = FOLDER.read_info(path)
-    meta = FOLDER.files(path)[1]
-    body["model"] = from_dict(DetectorModel, body["model"], where=f"{meta}.model")
-    body["vild"] = from_dict(ViLDHeadConfig, body["vild"], where=f"{meta}.vild")
-    return from_dict(DetectorInfo, body, where=str(meta))
+    return FOLDER.read_dataclass(DetectorInfo, path)
 
 
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
