@@ -19,12 +19,14 @@ def task_names() -> list[str]:
 def load(task: str, *, backbone: str | None = None, weights: str | Path | None = None,
          config: str | Path | None = None, overrides: Sequence[str] = (), device: str = "auto",
          out: str | Path | None = None, progress: bool = True, allow_torchscript: bool = False,
-         allow_activation_mismatch: bool = False, cache_dir: str | None = None, **values: Any) -> Task:
+         allow_activation_mismatch: bool = False, cache_dir: str | None = None, precision: str = "fp32",
+         **values: Any) -> Task:
     """The head `task`, configured like `clipheads TASK ... --config CONFIG --set ...`.
 
     `config` is a bundled config name or a YAML file (default: the head's own default);
     `overrides` are `key=value` strings, and keyword `values` set top-level config fields
-    (e.g. `templates="imagenet80"`). Nothing heavy is built until the head needs it."""
+    (e.g. `templates="imagenet80"`); `precision` ('fp32', 'bf16', 'fp16') is the head's
+    inference (and training) precision. Nothing heavy is built until the head needs it."""
     cls = TASKS.get(task)
     name = config or cls.default_config
     path = resolve_config_path(cls.name, str(name)) if name else None
@@ -41,5 +43,5 @@ def load(task: str, *, backbone: str | None = None, weights: str | Path | None =
         chosen.add("backbone")
     ctx = Context(cfg, device=device, out=Path(out) if out else None, allow_torchscript=allow_torchscript,
                   allow_activation_mismatch=allow_activation_mismatch, cache_dir=cache_dir,
-                  progress=progress, chosen=chosen)
+                  progress=progress, chosen=chosen, precision=precision)
     return cls(cfg, ctx)

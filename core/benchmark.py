@@ -53,8 +53,22 @@ def add_common_arguments(parser, task: str) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = leave as is)")
+    add_precision_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", help="also write the JSON here")
+
+
+def add_precision_argument(parser) -> None:
+    from .precision import PRECISIONS
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="autocast precision of both sides of every ratio (fp16 needs CUDA)")
+
+
+def enter_precision(args, device: torch.device) -> None:
+    """Run the rest of this benchmark process under `--precision` (autocast), so both sides
+    of every ratio are timed at the same precision."""
+    from .precision import autocast
+    autocast(device, getattr(args, "precision", "fp32")).__enter__()  # left by process exit
 
 
 def setup(args, task: str, config_cls: type):
@@ -65,6 +79,7 @@ def setup(args, task: str, config_cls: type):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    enter_precision(args, device)
     cfg = load_config(config_cls, resolve_config_path(task, args.config), args.overrides)
     return device, cfg, FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from .cli_args import check_writable_dir, read_labels
 from .config import list_configs, load_config, resolve_config_path, save_config
 from .device import check_device_spec
+from .precision import PRECISIONS
 from .jsonout import json_safe
 from .errors import UserError, close_matches
 from .registry import TASKS
@@ -87,6 +88,9 @@ def _common_options(p: argparse.ArgumentParser, cls: type, action: str) -> None:
     writes = action == "train" or action in cls.writes
     g.add_argument("--out", type=Path, required=writes,
                    help="output directory" + ("" if writes else " (optional)"))
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="forward passes in fp32 (exact), or bf16/fp16 by autocast (fp16 needs CUDA); "
+                        "training: the same as train.amp")
     g.add_argument("--json", action="store_true", help="print results as JSON (one object per line)")
     if action == "train":
         t = p.add_argument_group("training")
@@ -179,7 +183,7 @@ def _build_task(args: argparse.Namespace):
     cfg = load_config(cls.Config, path, args.overrides, base=base)
     ctx = Context(cfg, device=args.device, out=args.out, allow_torchscript=args.allow_torchscript,
                   allow_activation_mismatch=args.allow_activation_mismatch, progress=not args.json,
-                  chosen=_chosen_keys(args))
+                  chosen=_chosen_keys(args), precision=args.precision)
     return cls(cfg, ctx)
 
 

@@ -77,8 +77,15 @@ def run_training(task: "Task", out: Path, *, resume: bool | str | Path = False, 
     cfg = getattr(task.cfg, "train", None)
     if cfg is None:
         raise UserError(f"task '{task.name}' has no 'train' section in its config")
-    cfg.validate()
     device = task.ctx.device
+    if task.ctx.precision != "fp32":
+        from .precision import amp_mode, check_precision
+        check_precision(task.ctx.precision, device.type)
+        if cfg.amp is not None and cfg.amp != task.ctx.precision:
+            raise UserError(f"--precision {task.ctx.precision} and train.amp={cfg.amp} disagree; "
+                            "give one of them")
+        cfg.amp = amp_mode(task.ctx.precision)
+    cfg.validate()
     dist = D.init_distributed(device="cpu" if device.type == "cpu" else "cuda")
     data = task.train_data()
     if dist.is_main:  # created only now that the config and the data have been checked

@@ -13,7 +13,9 @@ torch arrive lazily through `Context`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -48,8 +50,10 @@ class Context:
     def __init__(self, cfg: TaskConfig, device: str = "auto", out: Path | None = None,
                  allow_torchscript: bool = False, allow_activation_mismatch: bool = False,
                  cache_dir: str | None = None, progress: bool = True,
-                 chosen: set[str] | None = None):
+                 chosen: set[str] | None = None, precision: str = "fp32"):
+        from .precision import check_precision
         self.cfg = cfg
+        self.precision = check_precision(precision)
         self.device_spec = device
         self.out = Path(out) if out is not None else None
         self.allow_torchscript = allow_torchscript
@@ -67,6 +71,11 @@ class Context:
     @cached_property
     def device(self) -> "torch.device":
         return resolve_device(self.device_spec)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context inference runs in: autocast at `precision` on this device (fp32: none)."""
+        from .precision import autocast
+        return autocast(self.device, self.precision)
 
     @cached_property
     def backbone(self) -> "FrozenCLIP":
@@ -100,6 +109,19 @@ class TrainData:
 
     dataset: Any
     collate_fn: Callable[[list], Any] | None = None
+
+
+# a head's methods that run its model for a user (training has the trainer's `amp`)
+PRECISION_METHODS = ("infer", "evaluate", "predict", "index", "precompute", "demo")
+
+
+def _under_precision(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(self: "Task", *args: Any, **kwargs: Any) -> Any:
+        with self.ctx.autocast():
+            return method(self, *args, **kwargs)
+    run._under_precision = True  # type: ignore[attr-defined]
+    return run
 
 
 class Task:
@@ -140,6 +162,15 @@ class Task:
     def __init__(self, cfg: TaskConfig, ctx: Context | None = None):
         self.cfg = cfg
         self.ctx = ctx if ctx is not None else Context(cfg)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A head's inference entry points run under the context's precision (autocast),
+        so `--precision` reaches every head, plugins included, without code of their own."""
+        super().__init_subclass__(**kwargs)
+        for name in PRECISION_METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_under_precision", False):
+                setattr(cls, name, _under_precision(method))
 
     # declaring ----------------------------------------------------------------------------
     @classmethod

@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     p.add_argument("--video-size", type=int, default=256, help="pixels of the generated videos' short side")
     p.add_argument("--index-size", type=int, default=10_000, help="videos in the synthetic query index")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (clip4clip index --workers)")
     add_common_arguments(p, "clip4clip")
     args = p.parse_args(argv)
     device, cfg, bb = setup(args, "clip4clip", Clip4ClipConfig)
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
 
         def index():
             with torch.no_grad():
-                for enc in encode_videos(bb, paths, mf, sf, batch_size=16):
+                for enc in encode_videos(bb, paths, mf, sf, batch_size=16, workers=args.workers):
                     head.video_embeddings(enc.frames.to(device), enc.mask.to(device))
 
         def decode():
@@ -102,15 +103,16 @@ def main(argv=None) -> dict:
 
     latency = [measure(query, device, 1, warmup=2)["seconds"] for _ in range(max(5, args.repeats))]
     synchronize(device)
-    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "torch": torch.__version__,
-              "python": platform.python_version(), "threads": torch.get_num_threads(), "head": spec.sim_header,
+    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "precision": args.precision,
+              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+              "decode_workers": args.workers, "head": spec.sim_header,
               "videos": args.videos, "frames_per_video": min(mf, args.seconds),
               "video_size": [args.video_size, args.video_size * 4 // 3],
               "bare_encode_image": {**bare_row, "frames_per_s": round(n_frames / bare_row["seconds"], 1)},
               "index": {**index_row, "videos_per_s": round(args.videos / index_row["seconds"], 2)},
               "decode_and_transform": {**decode_row, "videos_per_s": round(args.videos / decode_row["seconds"], 2)},
               "ratio_index_to_bare_encode": round(bare_row["seconds"] / index_row["seconds"], 4),
-              "decode_share_of_index": round(decode_row["seconds"] / index_row["seconds"], 4),
+              "decode_over_index": round(decode_row["seconds"] / index_row["seconds"], 4),
               "query": {"index_size": args.index_size, "top": args.top,
                         "median_ms": round(1000 * sorted(latency)[len(latency) // 2], 3)}}
     emit(result, args.out)

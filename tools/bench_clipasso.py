@@ -16,14 +16,13 @@ Reports, for one config and backbone, in one process:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 
 import torch
 
-from clipheads.core.benchmark import median_seconds, synchronize
+from clipheads.core.benchmark import add_precision_argument, emit, enter_precision, median_seconds, synchronize
 from clipheads.core.backbone import FrozenCLIP
 from clipheads.core.config import load_config, resolve_config_path
 from clipheads.core.tinyworld import make_single
@@ -89,11 +88,13 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_precision_argument(p)
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    enter_precision(args, device)
     cfg = load_config(ClipassoConfig, resolve_config_path("clipasso", args.config))
     loss_spec = args.backbone or cfg.backbone
     sal_spec = args.saliency_backbone or cfg.init.saliency_backbone or loss_spec
@@ -114,7 +115,7 @@ def main(argv=None) -> dict:
     by_strokes = [bench.iteration(seeds, int(s), args.repeats, args.warmup) for s in args.strokes.split(",")]
     views = seeds * (1 + cfg.loss.augmentations)
     result = {
-        "bench": "clipasso", "device": str(device),
+        "bench": "clipasso", "device": str(device), "precision": args.precision,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
         "config": args.config, "loss_backbone": loss_spec, "saliency_backbone": sal_spec,
@@ -133,11 +134,7 @@ def main(argv=None) -> dict:
         result["sketch_s_3_seeds_one_batch"] = bench.setup_seconds + cfg.optim.iterations * three["iteration_s"]
         result["sketch_s_3_seeds_separate_runs"] = 3 * (load_s + bench.setup_seconds
                                                         + cfg.optim.iterations * one["iteration_s"])
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
     return result
 
 

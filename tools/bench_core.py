@@ -7,16 +7,14 @@ cold vs warm for many labels x 80 templates.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import tempfile
 import time
 
 import torch
 
 from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import median_seconds, synchronize
+from clipheads.core.benchmark import add_precision_argument, emit, enter_precision, median_seconds, synchronize
 from clipheads.core.text import TextBank
 
 
@@ -29,21 +27,21 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--labels", type=int, default=1000)
     p.add_argument("--templates", default="imagenet80")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = leave as is)")
+    add_precision_argument(p)
+    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    enter_precision(args, device)
     bb = FrozenCLIP.from_spec(args.backbone, args.weights, device=device)
     x = torch.randn(args.batch, 3, *bb.image_size, device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
 
     def run(fn):
         def call():
             with torch.no_grad():
-                if dtype:
-                    with torch.autocast(device.type, dtype=dtype):
-                        fn()
-                else:
-                    fn()
+                fn()
         return median_seconds(call, device, args.repeats, warmup=2)
 
     t_enc = run(lambda: bb.encode_image(x))
@@ -71,7 +69,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "core",
         "backbone": str(bb.spec), "device": str(device), "batch": args.batch,
-        "image_size": list(bb.image_size), "amp": args.amp,
+        "image_size": list(bb.image_size), "precision": args.precision,
         "torch": torch.__version__, "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "encode_image_images_per_s": args.batch / t_enc,
@@ -82,8 +80,7 @@ def main(argv=None) -> dict:
                       "cold_s": cold, "warm_memory_s": warm_mem, "warm_disk_s": warm_disk,
                       "cold_over_warm_disk": cold / max(warm_disk, 1e-9)},
     }
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    emit(result, args.out)
     return result
 
 

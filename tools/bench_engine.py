@@ -7,8 +7,6 @@ steps per second in the same process.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 
@@ -16,7 +14,8 @@ import open_clip
 import torch
 from torch.utils.data import TensorDataset
 
-from clipheads.core.benchmark import synchronize
+from clipheads.core.benchmark import add_precision_argument, emit, synchronize
+from clipheads.core.precision import amp_mode, autocast
 from clipheads.core.engine import TrainConfig, Trainer, contrastive_loss
 from clipheads.tasks.clip.config import _tiny_model
 
@@ -39,8 +38,14 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = leave as is)")
+    add_precision_argument(p)
+    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    amp = amp_mode(args.precision)
     _, cfg = _model("cpu")
     n = args.batch * (2 * args.steps + 2)
     size = cfg["vision_cfg"]["image_size"]
@@ -55,7 +60,8 @@ def main(argv=None) -> dict:
     def bare_steps(n: int) -> None:
         for _ in range(n):
             images, tokens = next(it)
-            loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
+            with autocast(device, args.precision):
+                loss = _loss(model, (images.to(device), tokens.to(device)))["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -73,7 +79,7 @@ def main(argv=None) -> dict:
     def trainer_seconds(steps: int) -> float:
         model, _ = _model(device)
         tcfg = TrainConfig(steps=steps, batch_size=args.batch, lr=1e-3, weight_decay=0.1,
-                           schedule="constant", log_every=10, ckpt_every=0)
+                           schedule="constant", log_every=10, ckpt_every=0, amp=amp)
         with tempfile.TemporaryDirectory() as out:
             trainer = Trainer(model, _loss, data, tcfg, out, device=device, progress=False)
             t0 = time.perf_counter()
@@ -85,13 +91,13 @@ def main(argv=None) -> dict:
     fixed = trainer_seconds(2)
     engine = args.steps / max(trainer_seconds(args.steps + 2) - fixed, 1e-9)
     bare = (bare_before + bare_rate()) / 2  # measured before and after: drift in load cancels
-    result = {"benchmark": "engine", "device": str(device), "batch": args.batch, "steps": args.steps,
+    result = {"benchmark": "engine", "device": str(device), "precision": args.precision,
+              "threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
               "bare_loop_steps_per_s": bare, "trainer_steps_per_s": engine,
               "trainer_over_bare": engine / bare,
               "trainer_fixed_s": fixed,
               "note": "trainer steps/s from the difference of a 2-step and a (steps+2)-step run"}
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    emit(result, args.out)
     return result
 
 

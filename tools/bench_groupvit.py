@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
         rows["backbone"].append(measure(backbone, device, 1))
         rows["head"].append(measure(segment(full), device, 1))
         rows["head_fewer"].append(measure(segment(fewer), device, 1))
-    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "torch": torch.__version__,
-              "python": platform.python_version(), "threads": torch.get_num_threads(), "size": args.size,
+    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "precision": args.precision,
+              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "size": args.size,
               "labels": len(labels), "head_params": sum(q.numel() for q in head.parameters()),
               "head_groups": head.max_groups, "fewer_groups": fewer.keep,
               "backbone_forward_intermediates": median_row(rows["backbone"]), "head_segment": median_row(rows["head"]),
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
             with torch.no_grad():
                 official.embed_groups(official.group(window))
 
-        result["official_slide_inference"] = measure(segment(slide), device, max(1, args.repeats // 2))
+        result["official_slide_inference"] = measure(lambda: slide.predict(big), device, max(1, args.repeats // 2))
         result["official_slide_image"] = [h, w]
         result["official_window_448"] = measure(official_window, device, args.repeats)
         result["official_windows_per_image"] = round(

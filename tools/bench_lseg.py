@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 
@@ -19,9 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipheads.core.backbone import FrozenCLIP
-from clipheads.core.benchmark import measure
-from clipheads.core.config import load_config, resolve_config_path
+from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, setup
 from clipheads.tasks.lseg.config import LSegConfig
 from clipheads.tasks.lseg.inference import Segmenter
 from clipheads.tasks.lseg.model import build_net
@@ -29,24 +26,16 @@ from clipheads.tasks.lseg.model import build_net
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny_world", help="bundled lseg config or YAML file (the model)")
-    p.add_argument("--backbone", help="override the config's backbone (use ARCH:random offline)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_arguments(p, "lseg")
     p.add_argument("--size", type=int, default=480, help="square input size")
     p.add_argument("--labels", type=int, default=150, help="number of labels (ADE20K: 150)")
     p.add_argument("--scales", default="0.5,0.75,1.0,1.25,1.5,1.75", help="multi-scale scales (the paper's)")
     p.add_argument("--base-size", type=int, default=520)
     p.add_argument("--crop-size", type=int, default=480)
     p.add_argument("--stride", type=int, default=320)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--single-only", action="store_true", help="skip the (slow on CPU) multi-scale run")
-    p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    cfg = load_config(LSegConfig, resolve_config_path("lseg", args.config), args.overrides)
-    bb = FrozenCLIP.from_spec(args.backbone or cfg.backbone, device=device)
+    device, cfg, bb = setup(args, "lseg", LSegConfig)
     torch.manual_seed(0)
     cfg.model.timm.weights = None
     net = build_net(cfg.model, bb).to(device).eval()
@@ -54,13 +43,8 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8), "RGB")
     pixels = torch.randn(1, 3, args.size, args.size, device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-
-    def ctx():
-        return torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
-
     def encoder():
-        with torch.no_grad(), ctx():
+        with torch.no_grad():
             net.encoder(pixels)
 
     single_cfg = dataclasses.replace(cfg.infer, multi_scale=False, size=args.size)
@@ -71,15 +55,12 @@ def main(argv=None) -> dict:
     multi = Segmenter(net, text, multi_cfg, device)
 
     def run(seg):
-        def call():
-            with ctx():
-                seg.predict(image)
-        return call
+        return lambda: seg.predict(image)
 
     result = {
         "config": args.config, "backbone": str(bb.spec), "encoder": cfg.model.encoder,
         "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-        "size": args.size, "labels": args.labels, "amp": args.amp,
+        "size": args.size, "labels": args.labels, "precision": args.precision,
         "decoder_params": sum(p.numel() for m in (net.decoder, net.head) for p in m.parameters()),
         "multi_scale": {"scales": multi_cfg.scales, "base_size": multi_cfg.base_size,
                         "crop_size": multi_cfg.crop_size, "stride": multi_cfg.stride, "flip": multi_cfg.flip},
@@ -89,20 +70,15 @@ def main(argv=None) -> dict:
     for _ in range(args.repeats):
         enc.append(measure(encoder, device, 1))
         one.append(measure(run(single), device, 1))
-    pick = lambda rows: sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2]  # noqa: E731
-    result["encoder_forward_intermediates"] = pick(enc)
-    result["lseg_single_scale"] = pick(one)
+    result["encoder_forward_intermediates"] = median_row(enc)
+    result["lseg_single_scale"] = median_row(one)
     base = result["encoder_forward_intermediates"]["images_per_s"]
     result["ratio_single_scale"] = round(result["lseg_single_scale"]["images_per_s"] / base, 4)
     if not args.single_only:
         result["lseg_multi_scale"] = measure(run(multi), device, max(1, args.repeats // 2))
         result["ratio_multi_scale"] = round(result["lseg_multi_scale"]["images_per_s"] / base, 4)
         result["multi_scale_encoder_passes"] = round(base and result["lseg_multi_scale"]["seconds"] * base, 1)
-    text_json = json.dumps(result, indent=2)
-    print(text_json)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text_json + "\n")
+    emit(result, args.out)
     return result
 
 

@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
         rows["regions"].append(measure(regions, device, 1))
         rows["detector"].append(measure(detect, device, 1))
     bare_row, region_row = median_row(rows["bare"]), median_row(rows["regions"])
-    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "torch": torch.__version__,
+    result = {"config": args.config, "backbone": str(bb.spec), "device": str(device), "precision": args.precision, "torch": torch.__version__,
               "python": platform.python_version(), "threads": torch.get_num_threads(), "size": size,
               "proposals": args.proposals, "labels": args.labels,
               "detector_params": sum(q.numel() for q in model.parameters()),

@@ -25,6 +25,7 @@ from clipheads.core.errors import UserError, close_matches, first_line
 
 from . import distributed as D
 from clipheads.core.atomic import atomic_write_text
+from clipheads.core.precision import autocast
 
 from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointDir, load_checkpoint
 from .config import TrainConfig
@@ -277,10 +278,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.cfg.amp or "fp32")
 
     def _train_step(self) -> dict[str, Any]:
         """One optimizer step over `grad_accum` micro-batches; values stay on device."""

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from ..atomic import atomic_save
+from ..precision import full_precision
 from .labels import check_labels
 from .templates import render, resolve_templates
 
@@ -99,7 +100,7 @@ class TextBank:
     def _encode(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
         prompts = [p for lb in labels for p in render(templates, lb)]
         chunks = []
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(self.backbone.device):  # cached: always fp32
             for i in range(0, len(prompts), self.batch_size):
                 chunk = prompts[i:i + self.batch_size]
                 chunks.append(self.backbone.encode_text(chunk, normalize=True).float().cpu())

@@ -41,10 +41,6 @@ class ClipFrames(Dataset):
         return i, pixels, mask
 
 
-def _keep(batch):
-    return batch
-
-
 @dataclass
 class Encoded:
     """Frame features of a batch of videos (the decodable ones) and the failures."""
@@ -70,12 +66,17 @@ def frame_features(backbone, pixels: torch.Tensor, mask: torch.Tensor) -> torch.
 def encode_videos(backbone, paths: Sequence[Path], max_frames: int, slice_framepos: int, *,
                   batch_size: int = 16, workers: int = 0,
                   progress: Callable[[int], None] | None = None) -> Iterator[Encoded]:
-    """Decode (in `workers` processes) and encode `paths` in order, batch by batch."""
+    """Decode (in `workers` processes) and encode `paths` in order, batch by batch.
+
+    Workers decode one video each (not a batch each), so with W workers W videos decode at
+    once, ahead of the encoder (prefetched), and the encoder groups them into batches:
+    decoding overlaps encoding instead of alternating with it."""
     size = backbone.image_size[0]
     ds = ClipFrames(paths, FrameTransform(size, backbone.mean, backbone.std), max_frames, slice_framepos)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_keep,
-                        persistent_workers=False)
-    for batch in loader:
+    loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False,
+                        prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
+                        pin_memory=backbone.device.type == "cuda")
+    for batch in _batches(loader, batch_size):
         ok = [(i, p, m) for i, p, m in batch if p is not None]
         failed = {i: reason for i, p, reason in batch if p is None}
         if ok:
@@ -87,6 +88,17 @@ def encode_videos(backbone, paths: Sequence[Path], max_frames: int, slice_framep
         if progress:
             progress(len(batch))
         yield Encoded([i for i, _, _ in ok], feats, mask, failed)
+
+
+def _batches(items, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def tokenize_captions(backbone, texts: Sequence[str], max_words: int) -> tuple[torch.Tensor, int]:

@@ -25,6 +25,7 @@ from typing import Literal, Protocol, Sequence, Union
 import torch
 
 from clipheads.core.errors import UserError, close_matches
+from clipheads.core.precision import full_precision
 
 from .bezier import sample_cubic
 from .composite import composite_over
@@ -87,7 +88,13 @@ class TorchRasteriser:
             raise UserError("segments and tile must be >= 1 and filter_radius > 0")
 
     def render(self, strokes: Strokes, height: int, width: int, background: Background = None) -> torch.Tensor:
-        """Images [B, 3, H, W]; gradients reach points, widths, colours, opacity and background."""
+        """Images [B, 3, H, W]; gradients reach points, widths, colours, opacity and background.
+        Always in the strokes' own precision (geometry in bf16 would be off by a pixel at
+        224 px), whatever autocast surrounds it; the CLIP loss after it may run lower."""
+        with full_precision(strokes.points.device):
+            return self._render(strokes, height, width, background)
+
+    def _render(self, strokes: Strokes, height: int, width: int, background: Background) -> torch.Tensor:
         check_canvas(height, width)
         if not torch.isfinite(strokes.points.detach()).all():
             raise UserError("stroke control points contain NaN or infinity")

@@ -20,6 +20,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from clipheads.core.precision import full_precision
+
 
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear (dropout-free: GroupViT trains with drop rate 0)."""
@@ -141,8 +143,11 @@ class AssignAttention(nn.Module):
         self.hard, self.gumbel, self.tau, self.assign_eps = hard, gumbel, tau, assign_eps
 
     def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, G, N] group-token affinities (before the softmax over groups)."""
-        return (self.q_proj(groups) @ self.k_proj(tokens).transpose(-2, -1)) * self.scale
+        """[B, G, N] group-token affinities (before the softmax over groups), always in
+        fp32: near-ties decide which group a token joins, so they are not left to bf16."""
+        with full_precision(groups.device):
+            q, k = self.q_proj(groups.float()), self.k_proj(tokens.float())
+            return (q @ k.transpose(-2, -1)) * self.scale
 
     def forward(self, groups: torch.Tensor, tokens: torch.Tensor,
                 logits: torch.Tensor | None = None) -> tuple[torch.Tensor, Assignment]:

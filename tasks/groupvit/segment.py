@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 
+from clipheads.core.precision import full_precision
+
 from .blocks import chain_assignments
 from .config import SegmentConfig
 from .official import Grouped
@@ -71,7 +73,14 @@ def group_maps(grouped: Grouped, size: tuple[int, int]) -> torch.Tensor:
 def group_affinity(image_emb: torch.Tensor, group_emb: torch.Tensor, text: torch.Tensor,
                    scale: torch.Tensor, top_k: int) -> torch.Tensor:
     """[G, N] label scores of each group: softmax over the image's top-k classes times the
-    softmax over all classes (official `encode_decode`)."""
+    softmax over all classes (official `encode_decode`). Always fp32: with a logit scale
+    near 100, a bf16 cosine would move the background threshold and the top-k."""
+    with full_precision(text.device):
+        return _group_affinity(image_emb.float(), group_emb.float(), text.float(), scale.float(), top_k)
+
+
+def _group_affinity(image_emb: torch.Tensor, group_emb: torch.Tensor, text: torch.Tensor,
+                    scale: torch.Tensor, top_k: int) -> torch.Tensor:
     image_emb, group_emb = F.normalize(image_emb, dim=-1), F.normalize(group_emb, dim=-1)
     logits = (group_emb @ text.T) * scale
     full = logits.softmax(dim=-1)
@@ -158,5 +167,5 @@ class GroupSegmenter:
         image_emb, group_emb = self.model.embed_groups(grouped)
         aff = group_affinity(image_emb[0], group_emb[0], self.text, self.model.scales()[0], self.cfg.top_k)
         scores = torch.zeros(aff.shape[0], len(self.labels), device=aff.device)
-        scores[:, self.fg_index] = aff
+        scores[:, self.fg_index] = aff.float()
         return GroupReport(index.cpu().numpy().astype(np.int32), shares.tolist(), scores.cpu().numpy())
