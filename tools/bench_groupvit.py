@@ -25,7 +25,7 @@ from clipheads.core.benchmark import add_common_arguments, emit, measure, median
 from clipheads.tasks.groupvit.config import GroupViTConfig, OfficialModel, SegmentConfig
 from clipheads.tasks.groupvit.head import GroupingHead
 from clipheads.tasks.groupvit.official import GroupViT
-from clipheads.tasks.groupvit.segment import GroupSegmenter
+from clipheads.tasks.groupvit.segment import GroupSegmenter, to_pixels
 
 
 def main(argv=None) -> dict:
@@ -45,8 +45,8 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (args.size, args.size, 3), dtype=np.uint8), "RGB")
     whole = SegmentConfig(short_side=0, crop=0)
-    pixels = bb.images_to_pixels([image]).to(device) if hasattr(bb, "images_to_pixels") else None
-    pixels = torch.randn(1, 3, args.size, args.size, device=device) if pixels is None else pixels
+    # the very pixels the segmenter feeds the backbone (the image at its own size, normalised)
+    pixels = to_pixels(image, (args.size, args.size), head.mean, head.std, device)
 
     def backbone():
         with torch.no_grad():

@@ -115,7 +115,7 @@ def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
 
 def straight_through_one_hot(soft: torch.Tensor, dim: int) -> torch.Tensor:
     """Forward: the one-hot of the argmax along `dim`; backward: the gradient of `soft`."""
-    index = soft.argmax(dim, keepdim=True)
+    index = soft.max(dim, keepdim=True).indices   # argmax's first maximum, without its slow CPU path
     hard = torch.zeros_like(soft).scatter_(dim, index, 1.0)
     return hard - soft.detach() + soft
 

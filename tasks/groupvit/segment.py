@@ -27,6 +27,7 @@ from einops import rearrange
 from PIL import Image
 
 from clipheads.core.precision import full_precision
+from clipheads.core.segmentation.argmax import channel_argmax
 
 from .blocks import chain_assignments
 from .config import SegmentConfig
@@ -110,7 +111,7 @@ class GroupSegmenter:
         grouped = self.model.group(pixels, self.keep)
         h, w = pixels.shape[-2:]
         maps = group_maps(grouped, (h, w))[0]                                 # [G, h, w]
-        onehot = F.one_hot(maps.argmax(0), maps.shape[0]).to(maps.dtype)      # [h, w, G]
+        onehot = F.one_hot(channel_argmax(maps), maps.shape[0]).to(maps.dtype)      # [h, w, G]
         image_emb, group_emb = self.model.embed_groups(grouped)
         aff = group_affinity(image_emb[0], group_emb[0], self.text, self.model.scales()[0], self.cfg.top_k)
         fg = rearrange(onehot @ aff, "h w c -> c h w")
@@ -151,7 +152,7 @@ class GroupSegmenter:
     def predict(self, image: Image.Image) -> np.ndarray:
         """[H, W] label indices into `labels`."""
         channels = ([self.background_index] if self.background_index is not None else []) + self.fg_index
-        best = self.scores(image).argmax(dim=0).cpu().numpy()
+        best = channel_argmax(self.scores(image)).cpu().numpy()
         lookup = np.asarray(channels, dtype=np.int64)
         return lookup[best].astype(np.uint8 if len(self.labels) <= 256 else np.int32)
 
@@ -162,7 +163,7 @@ class GroupSegmenter:
         pixels = to_pixels(image, size, self.model.mean, self.model.std, self.device)
         grouped = self.model.group(pixels, self.keep)
         maps = group_maps(grouped, (image.height, image.width))[0]
-        index = maps.argmax(0)
+        index = channel_argmax(maps)
         shares = torch.bincount(index.flatten(), minlength=maps.shape[0]).float() / index.numel()
         image_emb, group_emb = self.model.embed_groups(grouped)
         aff = group_affinity(image_emb[0], group_emb[0], self.text, self.model.scales()[0], self.cfg.top_k)

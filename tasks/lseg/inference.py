@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipheads.core.errors import UserError
+from clipheads.core.segmentation.argmax import channel_argmax
 
 from .config import InferConfig
 
@@ -85,7 +86,7 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], max_elements: i
     H, W = size
     dtype = np.uint8 if k <= 256 else np.int32
     if (h, w) == (H, W):
-        return scores.argmax(0).cpu().numpy().astype(dtype)
+        return channel_argmax(scores).cpu().numpy().astype(dtype)
     out = np.empty((H, W), dtype=dtype)
     rows = max(1, min(H, max_elements // max(1, k * W)))
     dev = scores.device
@@ -96,7 +97,7 @@ def upsample_argmax(scores: torch.Tensor, size: tuple[int, int], max_elements: i
         gy = gy_all[r0:r0 + rows]
         grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # [1, r, W, 2]
         band = F.grid_sample(src, grid, mode="bilinear", align_corners=True)
-        out[r0:r0 + len(gy)] = band[0].argmax(0).cpu().numpy().astype(dtype)
+        out[r0:r0 + len(gy)] = channel_argmax(band[0]).cpu().numpy().astype(dtype)
     return out
 
 
@@ -276,7 +277,7 @@ class Segmenter:
         dtype = np.uint8 if k <= 256 else np.int32
         if H * W <= sum(h * w for h, w in self.scale_sizes(H, W)):
             # the official way: sum at the image's size (no bigger than the per-scale maps)
-            return self.scores(image).argmax(0).cpu().numpy().astype(dtype)
+            return channel_argmax(self.scores(image)).cpu().numpy().astype(dtype)
         # keep each scale's map and sum their resizes band by band (same numbers)
         maps = list(self.scale_scores(image))
         out = np.empty((H, W), dtype=dtype)
@@ -287,7 +288,7 @@ class Segmenter:
             for m in maps:
                 h, w = m.shape[-2:]
                 band += bilinear_rows(lambda idx, m=m: m.index_select(1, idx), (h, w), (H, W), r0, r1, m.device)
-            out[r0:r1] = band.argmax(0).cpu().numpy().astype(dtype)
+            out[r0:r1] = channel_argmax(band).cpu().numpy().astype(dtype)
         return out
 
 
