@@ -71,6 +71,27 @@ def enter_precision(args, device: torch.device) -> None:
     autocast(device, getattr(args, "precision", "fp32")).__enter__()  # left by process exit
 
 
+def add_compile_argument(parser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the head's modules (the backbone side stays eager); the first "
+                             "call's cost is reported apart as compile_warmup_s")
+
+
+def compile_modules(owner, names: list[str]) -> None:
+    """Replace `owner.<name>` by its torch.compile'd module, for each name."""
+    for name in names:
+        setattr(owner, name, torch.compile(getattr(owner, name)))
+
+
+def warmup_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one first call (compilation included when the modules were compiled)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return round(time.perf_counter() - t0, 3)
+
+
 def setup(args, task: str, config_cls: type):
     """(device, config, FrozenCLIP) from the common options: thread count applied, the
     task's config loaded with the overrides, the backbone built on the device."""

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipheads.core.benchmark import add_common_arguments, emit, measure, median_row, setup
+from clipheads.core.benchmark import (add_common_arguments, add_compile_argument, compile_modules, emit, measure,
+                                      median_row, setup, warmup_seconds)
 from clipheads.tasks.lseg.config import LSegConfig
 from clipheads.tasks.lseg.inference import Segmenter
 from clipheads.tasks.lseg.model import build_net
@@ -34,6 +35,7 @@ def main(argv=None) -> dict:
     p.add_argument("--crop-size", type=int, default=480)
     p.add_argument("--stride", type=int, default=320)
     p.add_argument("--single-only", action="store_true", help="skip the (slow on CPU) multi-scale run")
+    add_compile_argument(p)
     args = p.parse_args(argv)
     device, cfg, bb = setup(args, "lseg", LSegConfig)
     torch.manual_seed(0)
@@ -51,6 +53,8 @@ def main(argv=None) -> dict:
     multi_cfg = dataclasses.replace(cfg.infer, multi_scale=True, size=args.size,
                                     scales=[float(s) for s in args.scales.split(",")],
                                     base_size=args.base_size, crop_size=args.crop_size, stride=args.stride)
+    if args.compile:
+        compile_modules(net, ["decoder"])   # the DPT decoder: the convolutions (the head is one 1x1 conv)
     single = Segmenter(net, text, single_cfg, device)
     multi = Segmenter(net, text, multi_cfg, device)
 
@@ -66,6 +70,8 @@ def main(argv=None) -> dict:
                         "crop_size": multi_cfg.crop_size, "stride": multi_cfg.stride, "flip": multi_cfg.flip},
     }
     # interleaved rounds, so slow drifts of a shared machine hit both sides alike
+    result["compiled"] = args.compile
+    result["compile_warmup_s"] = warmup_seconds(run(single), device)   # first call: compiles if --compile
     enc, one = [], []
     for _ in range(args.repeats):
         enc.append(measure(encoder, device, 1))
