@@ -247,11 +247,12 @@ def _stopped_message(args: argparse.Namespace | None) -> str:
     return text
 
 
-def _finish_distributed() -> None:
-    """Leave a torchrun process group cleanly (only if torch was ever loaded)."""
+def _finish_distributed(succeeded: bool) -> None:
+    """Leave a torchrun process group cleanly (only if torch was ever loaded); after a
+    success every rank leaves together."""
     if "torch" in sys.modules:
         from .engine.distributed import cleanup
-        cleanup()
+        cleanup(together=succeeded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
     args = None
+    succeeded = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -278,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolve_device(args.device)
             run_demo(args.out, device=args.device)
             return 0
-        return _run_task(args)
+        code = _run_task(args)
+        succeeded = code == 0
+        return code
     except UserError as exc:
         print(f"clipheads: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -289,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipheads: error: {_stopped_message(args)}", file=sys.stderr)
         return 143
     finally:
-        _finish_distributed()
+        _finish_distributed(succeeded)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,15 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
     return DistInfo(rank, world_size, local_rank, dev)
 
 
-def cleanup() -> None:
-    """Leave the process group (call once at the end of a distributed script)."""
+def cleanup(together: bool = False) -> None:
+    """Leave the process group (call once at the end of a distributed script).
+
+    `together`: wait for every rank first (a run that succeeded everywhere), so no rank
+    tears its connections down while another still flushes its output through the group;
+    never after a failure, where a peer may be gone."""
     if is_initialized():
+        if together and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
