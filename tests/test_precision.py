@@ -135,9 +135,11 @@ def test_every_head_runs_in_bf16_from_the_cli(tmp_path, capsys):
     sketch = _cli(capsys, "clipasso", "infer", "--image", str(image), "--iters", "2", "--seeds", "1",
                   "--out", str(tmp_path / "sketch"))
     assert Path(sketch[0]["svg"]).is_file()
-    video = tmp_path / "videos" / "red_circle_left.mp4"
-    video.parent.mkdir()
-    write_video(video, moving_shape_frames("red", "circle", "left"), fps=1)
-    _cli(capsys, "clip4clip", "index", "--videos", str(video.parent), "--out", str(tmp_path / "index"))
-    hits = _cli(capsys, "clip4clip", "infer", "--index", str(tmp_path / "index"), "--query", "a red circle")
-    assert hits[0]["results"][0]["path"].endswith("red_circle_left.mp4")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "red_circle_left.mp4", moving_shape_frames("red", "circle", "left"), fps=1)
+    write_video(videos / "blue_square_right.mp4", moving_shape_frames("blue", "square", "right"), fps=1)
+    _cli(capsys, "clip4clip", "index", "--videos", str(videos), "--out", str(tmp_path / "index"))
+    for query, expected in (("a red circle", "red_circle_left.mp4"), ("a blue square", "blue_square_right.mp4")):
+        hits = _cli(capsys, "clip4clip", "infer", "--index", str(tmp_path / "index"), "--query", query)
+        assert hits[0]["results"][0]["path"].endswith(expected), hits
