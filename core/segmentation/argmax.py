@@ -9,6 +9,6 @@ from __future__ import annotations
 import torch
 
 
-def channel_argmax(scores: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Index of the first maximum along `dim` (same values as `scores.argmax(dim)`)."""
-    return scores.max(dim=dim).indices
+def channel_argmax(scores: torch.Tensor, dim: int = 0, keepdim: bool = False) -> torch.Tensor:
+    """Index of the first maximum along `dim` (same values as `scores.argmax(dim, keepdim)`)."""
+    return scores.max(dim=dim, keepdim=keepdim).indices

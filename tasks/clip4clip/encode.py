@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from clipheads.core.data.errors import CorruptSample
 
 from .frames import FrameTransform, pad_frames, read_clip
+from .index import batched
 
 LOGGER = logging.getLogger("clipheads.clip4clip")
 
@@ -76,7 +77,7 @@ def encode_videos(backbone, paths: Sequence[Path], max_frames: int, slice_framep
     loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=False,
                         prefetch_factor=max(2, batch_size // max(workers, 1)) if workers else None,
                         pin_memory=backbone.device.type == "cuda")
-    for batch in _batches(loader, batch_size):
+    for batch in batched(loader, batch_size):
         ok = [(i, p, m) for i, p, m in batch if p is not None]
         failed = {i: reason for i, p, reason in batch if p is None}
         if ok:
@@ -88,17 +89,6 @@ def encode_videos(backbone, paths: Sequence[Path], max_frames: int, slice_framep
         if progress:
             progress(len(batch))
         yield Encoded([i for i, _, _ in ok], feats, mask, failed)
-
-
-def _batches(items, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def tokenize_captions(backbone, texts: Sequence[str], max_words: int) -> tuple[torch.Tensor, int]:

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from clipheads.core.precision import full_precision
+from clipheads.core.segmentation.argmax import channel_argmax
 
 
 class Mlp(nn.Module):
@@ -115,7 +116,7 @@ def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
 
 def straight_through_one_hot(soft: torch.Tensor, dim: int) -> torch.Tensor:
     """Forward: the one-hot of the argmax along `dim`; backward: the gradient of `soft`."""
-    index = soft.max(dim, keepdim=True).indices   # argmax's first maximum, without its slow CPU path
+    index = channel_argmax(soft, dim, keepdim=True)
     hard = torch.zeros_like(soft).scatter_(dim, index, 1.0)
     return hard - soft.detach() + soft
 

@@ -111,7 +111,7 @@ class GroupSegmenter:
         grouped = self.model.group(pixels, self.keep)
         h, w = pixels.shape[-2:]
         maps = group_maps(grouped, (h, w))[0]                                 # [G, h, w]
-        onehot = F.one_hot(channel_argmax(maps), maps.shape[0]).to(maps.dtype)      # [h, w, G]
+        onehot = F.one_hot(channel_argmax(maps), maps.shape[0]).to(maps.dtype)  # [h, w, G]
         image_emb, group_emb = self.model.embed_groups(grouped)
         aff = group_affinity(image_emb[0], group_emb[0], self.text, self.model.scales()[0], self.cfg.top_k)
         fg = rearrange(onehot @ aff, "h w c -> c h w")
@@ -168,5 +168,5 @@ class GroupSegmenter:
         image_emb, group_emb = self.model.embed_groups(grouped)
         aff = group_affinity(image_emb[0], group_emb[0], self.text, self.model.scales()[0], self.cfg.top_k)
         scores = torch.zeros(aff.shape[0], len(self.labels), device=aff.device)
-        scores[:, self.fg_index] = aff.float()
+        scores[:, self.fg_index] = aff
         return GroupReport(index.cpu().numpy().astype(np.int32), shares.tolist(), scores.cpu().numpy())
