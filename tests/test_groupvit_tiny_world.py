@@ -52,9 +52,12 @@ def test_segmentation_emerged_above_untrained_head_and_chance(task):
     assert trained.miou() > 4 * chance, (trained.miou(), chance)
 
 
-@pytest.mark.parametrize("pair", [(("red", "circle"), ("blue", "square")),
-                                  (("green", "triangle"), ("orange", "star"))])
-def test_pil_drawn_shapes_are_grouped_apart_from_the_background(tmp_path, capsys, pair):
+@pytest.mark.parametrize("pair", [(("green", "triangle"), ("orange", "star")),
+                                  (("blue", "star"), ("red", "triangle")),
+                                  (("orange", "circle"), ("green", "cross"))])
+def test_pil_drawn_shapes_each_get_their_own_group_and_label(tmp_path, capsys, pair):
+    """Pairs the bundled head gets right (it names no square or heart yet: docs/groupvit.md
+    lists all seven recorded pairs, 9 of 14 shapes at IoU >= 0.4)."""
     image, masks = two_shapes(*pair)
     path = tmp_path / "drawn.png"
     image.save(path)
@@ -69,9 +72,10 @@ def test_pil_drawn_shapes_are_grouped_apart_from_the_background(tmp_path, capsys
     found = mask != LABELS.index("background")
     iou = (found & truth).sum() / (found | truth).sum()
     assert iou >= 0.55, f"foreground IoU {iou:.3f}"
-    best = max(((mask == LABELS.index(s)) & m).sum() / ((mask == LABELS.index(s)) | m).sum()
-               for (_, s), m in zip(pair, masks))
-    assert best > 0.2, f"neither drawn shape got its own label (best IoU {best:.3f})"
+    for (_, shape), own in zip(pair, masks):
+        named = mask == LABELS.index(shape)
+        shape_iou = (named & own).sum() / (named | own).sum()
+        assert shape_iou >= 0.4, f"{shape}: IoU {shape_iou:.3f} with its own label"
     assert row["group_labels"] and all(0 < g["share"] <= 1 for g in row["group_labels"])
 
 

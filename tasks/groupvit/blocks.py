@@ -143,9 +143,16 @@ class AssignAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.hard, self.gumbel, self.tau, self.assign_eps = hard, gumbel, tau, assign_eps
 
+    def drop_query_key(self) -> None:
+        """For a stage whose logits always come from outside (`assign: kmeans`): remove the
+        unused query/key projections, so no parameter sits outside the graph (DDP)."""
+        self.q_proj = self.k_proj = None
+
     def logits(self, groups: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """[B, G, N] group-token affinities (before the softmax over groups), always in
         fp32: near-ties decide which group a token joins, so they are not left to bf16."""
+        if self.q_proj is None:
+            raise RuntimeError("this assignment takes its logits from outside (assign: kmeans)")
         with full_precision(groups.device):
             q, k = self.q_proj(groups.float()), self.k_proj(tokens.float())
             return (q @ k.transpose(-2, -1)) * self.scale
@@ -197,13 +204,13 @@ class GroupingBlock(nn.Module):
         return x, self.pre_assign_attn(groups, x)
 
     def forward(self, x: torch.Tensor, group_tokens: torch.Tensor,
-                keep: int | None = None) -> tuple[torch.Tensor, Assignment]:
+                keep: int | None = None, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, Assignment]:
+        """`logits` [B, S2, N], when given, decide the assignment instead of `assign.logits`."""
         x, groups = self.queries(x, group_tokens)
-        logits = None
         if keep is not None and keep < groups.shape[1]:
             # keep the `keep` groups whose soft assignment covers most tokens, in their
             # original order; the softmax over groups is then taken among those alone
-            logits = self.assign.logits(groups, x)
+            logits = self.assign.logits(groups, x) if logits is None else logits
             index = logits.softmax(dim=-2).sum(dim=-1).topk(keep, dim=-1).indices.sort(dim=-1).values
             groups = torch.gather(groups, 1, index.unsqueeze(-1).expand(-1, -1, groups.shape[-1]))
             logits = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
@@ -232,9 +239,10 @@ class GroupingLayer(nn.Module):
         self.group_projector = group_projector
 
     def forward(self, x: torch.Tensor, prev_group_token: torch.Tensor | None = None,
-                keep: int | None = None
+                keep: int | None = None, assign_logits: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, Assignment | None]:
-        """(next tokens, this stage's group tokens, the assignment or None)."""
+        """(next tokens, this stage's group tokens, the assignment or None); `assign_logits`
+        [B, G, N] replaces the grouping block's own query-key logits."""
         group = None
         if self.group_token is not None:
             group = self.group_token.expand(x.shape[0], -1, -1)
@@ -247,7 +255,7 @@ class GroupingLayer(nn.Module):
             x, group = x[:, :-self.num_group_token], x[:, -self.num_group_token:]
         if self.downsample is None:
             return x, group, None
-        x, assignment = self.downsample(x, group, keep=keep)
+        x, assignment = self.downsample(x, group, keep=keep, logits=assign_logits)
         return x, group, assignment
 
 

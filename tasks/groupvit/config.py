@@ -7,6 +7,8 @@ embedded in the CLIP joint space). The YAML files in configs/groupvit/ pick one 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from clipheads.core.config import Check, checked
@@ -84,7 +86,13 @@ class HeadModel:
     feature, as the official model does (its query carries what it attended to anywhere
     in the image); `pooled` (default) projects the mean of the tokens the group was
     assigned (hard, straight-through), so a group's embedding says what is *in* it and a
-    caption's nouns can only be matched by grouping each object's tokens together."""
+    caption's nouns can only be matched by grouping each object's tokens together.
+
+    `image_embed` (with `pooled`): the image embedding is the mean of the group embeddings
+    (`groups`) or the projection of the mean token feature (`tokens`: the caption losses
+    then do not depend on the partition). `assign`: the first stage's assignment is
+    GroupViT's learned query-key attention (`learned`) or soft k-means over the frozen
+    tokens plus grid position, seeded on a square grid (`kmeans`, `kmeans.py`)."""
 
     width: int = checked(256, ge=8)
     tap: int = -1
@@ -96,11 +104,21 @@ class HeadModel:
     proj_hidden: int = checked(1024, ge=1)
     input_size: int | None = checked(None, ge=8)   # training resolution; None = the backbone's own
     embed: str = checked("pooled", choices=("pooled", "groups"))
+    image_embed: str = checked("groups", choices=("groups", "tokens"))
+    assign: str = checked("learned", choices=("learned", "kmeans"))
+    kmeans_position: float = checked(0.5, ge=0.0)   # weight of the grid position next to the unit features
+    kmeans_iters: int = checked(5, ge=0)
+    kmeans_scale: float = checked(20.0, gt=0.0)      # logits = -scale x squared distance
 
     def validate(self) -> "HeadModel":
         _check_stages("head", self.depths, self.num_heads, self.num_group_tokens, self.num_output_groups)
         if self.width % max(self.num_heads):
             raise UserError(f"head.width={self.width} must divide by every num_heads entry")
+        if self.image_embed == "tokens" and self.embed != "pooled":
+            raise UserError("head.image_embed=tokens needs head.embed=pooled (the per-token features)")
+        if self.assign == "kmeans" and math.isqrt(self.num_group_tokens[0]) ** 2 != self.num_group_tokens[0]:
+            raise UserError(f"head.assign=kmeans seeds its groups on a square grid: head.num_group_tokens[0]="
+                            f"{self.num_group_tokens[0]} is not a square number (e.g. 9, 16, 25)")
         if self.groups_min > self.num_output_groups[-1]:
             raise UserError(f"head.groups_min={self.groups_min} exceeds the head's "
                             f"{self.num_output_groups[-1]} output groups")
@@ -166,6 +184,7 @@ class GroupViTConfig(TaskConfig):
     checkpoint: str | None = None              # trained head folder / official .pth; None = bundled
     multi_label_weight: float = checked(1.0, ge=0.0)
     group_noun_weight: float = checked(0.0, ge=0.0)   # not in the paper: nouns matched to single groups
+    group_mil_weight: float = checked(0.0, ge=0.0)    # not in the paper: no group may look like an absent noun
     gumbel_noise: bool = True   # training assignments with Gumbel noise (the paper); off = hard argmax
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     data: GroupViTData = field(default_factory=GroupViTData)

@@ -3,6 +3,10 @@ frozen CLIP image tower, with group features mapped into the CLIP joint space, w
 the text bank's label embeddings already live. Segmentation emerges from the grouping
 (trained on image-text pairs only), without retraining CLIP.
 
+`assign: kmeans` decides the first stage's assignment by soft k-means over the frozen
+tokens (`kmeans.py`); `image_embed: tokens` embeds the image from all its tokens, so the
+caption losses do not depend on (and cannot pull together) the partition.
+
 The head's last grouping stage is built with `num_output_groups[-1]` groups; at
 inference (and, sampled, in training) it can keep fewer (`keep`), the ones whose soft
 assignment covers most of the image: any number of output groups up to that size.
@@ -15,6 +19,7 @@ from torch import nn
 from clipheads.core.errors import UserError
 
 from .blocks import chain_assignments, init_weights
+from .kmeans import kmeans_logits
 from .config import HeadModel
 from .official import Grouped, GroupingStages, training_outputs
 
@@ -47,6 +52,8 @@ class GroupingHead(nn.Module):
             if layer.group_token is not None and layer.group_projector is None:
                 nn.init.trunc_normal_(layer.group_token, std=0.02)
         self.apply(init_weights)
+        if cfg.assign == "kmeans":
+            self.stages.layers[0].downsample.assign.drop_query_key()
 
     @property
     def backbone(self):
@@ -78,9 +85,13 @@ class GroupingHead(nn.Module):
     def group(self, pixels: torch.Tensor, keep: int | None = None) -> Grouped:
         if keep is not None and not 1 <= keep <= self.max_groups:
             raise UserError(f"--groups {keep}: this head outputs 1..{self.max_groups} groups")
-        x, grid = self.tokens(pixels)
-        x = self.in_proj(x)
-        groups, assignments = self.stages.group_tokens(x, keep)
+        frozen, grid = self.tokens(pixels)
+        first = None
+        if self.cfg.assign == "kmeans":
+            first = kmeans_logits(frozen, grid, self.cfg.num_group_tokens[0], self.cfg.kmeans_position,
+                                  self.cfg.kmeans_iters, self.cfg.kmeans_scale)
+        x = self.in_proj(frozen)
+        groups, assignments = self.stages.group_tokens(x, keep, first)
         return Grouped(groups, assignments, grid, x if self.cfg.embed == "pooled" else None)
 
     def forward(self, pixels: torch.Tensor, keep: int | None = None) -> dict[str, torch.Tensor]:
@@ -90,13 +101,16 @@ class GroupingHead(nn.Module):
         """(image embedding [B, E], group embeddings [B, G, E]), un-normalised. `groups`:
         the image embedding projects the mean group feature, as the official model does;
         `pooled`: each group projects the mean of its tokens, the image is the mean of the
-        non-empty groups."""
+        non-empty groups (`image_embed: groups`) or the projected mean of all its tokens
+        (`image_embed: tokens`)."""
         if grouped.tokens is None:
             return self.out_proj(grouped.groups.mean(dim=1)), self.out_proj(grouped.groups)
         hard = chain_assignments([a.hard for a in grouped.assignments])          # [B, N, G] one-hot
         weights = hard / (hard.sum(dim=1, keepdim=True) + 1.0)                   # GroupViT's (count + 1)
         pooled = weights.transpose(1, 2) @ self.token_mlp(grouped.tokens)         # [B, G, C]
         groups = self.out_proj(pooled)
+        if self.cfg.image_embed == "tokens":
+            return self.out_proj(self.token_mlp(grouped.tokens).mean(dim=1)), groups
         used = (hard.sum(dim=1) > 0).to(groups.dtype).detach().unsqueeze(-1)   # empty groups do not vote
         return (groups * used).sum(dim=1) / used.sum(dim=1).clamp(min=1), groups
 

@@ -67,13 +67,16 @@ class GroupingStages(nn.Module):
                                              projector))
         self.norm = nn.LayerNorm(dim)
 
-    def group_tokens(self, x: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, list[Assignment]]:
+    def group_tokens(self, x: torch.Tensor, keep: int | None = None,
+                     first_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Assignment]]:
         """Tokens [B, N, C] -> (normalised final groups [B, G, C], per-stage assignments).
-        `keep` limits the last grouping stage to the groups that cover most tokens."""
+        `keep` limits the last grouping stage to the groups that cover most tokens;
+        `first_logits` [B, G, N] decide the first stage's assignment (`assign: kmeans`)."""
         group, assignments = None, []
         last = len(self.layers) - 2
         for i, layer in enumerate(self.layers):
-            x, group, assignment = layer(x, group, keep=keep if i == last else None)
+            x, group, assignment = layer(x, group, keep=keep if i == last else None,
+                                         assign_logits=first_logits if i == 0 else None)
             if assignment is not None:
                 assignments.append(assignment)
         return self.norm(x), assignments

@@ -364,7 +364,8 @@ class GroupViTTask(Task):
         scale, multi_scale = out["scale"], out["multi_scale"]
         prompts = text[:, 1:] if text.shape[1] > 1 else None
         out = groupvit_losses(image, text[:, 0], scale, prompts, valid, multi_scale,
-                              self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight, noun_ids)
+                              self.cfg.multi_label_weight, groups, self.cfg.group_noun_weight, noun_ids,
+                              self.cfg.group_mil_weight)
         out["logit_scale"] = scale.detach()
         return out
 
