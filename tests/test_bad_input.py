@@ -127,7 +127,7 @@ BAD = [
     ("groupvit-official-no-checkpoint", _case("groupvit", "eval", "--set", "model=official")),
     ("groupvit-head-broken", _case("groupvit", "infer", "--image", "{in}/good.png", "--labels", "a,b",
                                    "--out", "{out}", "--checkpoint", "{in}/bad_probe")),
-    ("groupvit-stages", _case("groupvit", "train", "--out", "{out}", "--set", "head.num_output_groups=[8]")),
+    ("groupvit-stages", _case("groupvit", "train", "--out", "{out}", "--set", "head.num_output_groups=[8,4]")),
     ("groupvit-groups-min", _case("groupvit", "train", "--out", "{out}", "--set", "head.groups_min=99")),
     ("groupvit-stride", _case("groupvit", "eval", "--set", "segment.crop=64", "--set", "segment.stride=128")),
     ("groupvit-eval-no-data", _case("groupvit", "eval", "--benchmark", "voc")),

@@ -35,7 +35,7 @@ GROUPVIT = ["--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "d
             "--set", "data.render_workers=0", "--set", "data.n_val=2", "--set", "data.n_test=2",
             "--set", "train.eval_every=3", "--set", "train.ckpt_every=3", "--set", "train.warmup_steps=1",
             "--set", "train.optimizer=sgd", "--set", "train.lr=0.05", "--set", "group_noun_weight=1.0",
-            "--set", "gumbel_noise=false", "--set", "group_mil_weight=0"]   # Gumbel draws: per rank; MIL: docs
+            "--set", "gumbel_noise=false"]   # Gumbel draws come from each rank's generator
 CLIP4CLIP = ["--set", "data.n_train=16", "--set", "data.n_val=4", "--set", "data.n_test=4",
              "--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "train.eval_every=3",
              "--set", "train.ckpt_every=3", "--set", "train.warmup_steps=1", "--set", "train.optimizer=sgd",

@@ -64,7 +64,8 @@ def group_noun_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Te
 
 def group_mil_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor, noun_ids: torch.Tensor,
                    scale: float = 10.0, bias: float = -5.0) -> torch.Tensor:
-    """Multiple-instance BCE over the global batch's noun vocabulary: an image names a noun
+    """Multiple-instance BCE over the global batch's noun vocabulary (each noun's text: the
+    mean of its prompts in the batch): an image names a noun
     iff its best-matching group does (`sigmoid(scale x cosine + bias)`, fixed so that a
     cosine of 0.5 is even odds). The max is the positive's usual MIL form; for an absent
     noun it means *no* group of the image may look like it, which is what keeps background
@@ -79,10 +80,11 @@ def group_mil_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Ten
     if not bool(flat_valid.any()):
         return (groups.sum() + prompts.sum()) * 0.0
     vocab, inverse = torch.unique(flat_ids[flat_valid], return_inverse=True)           # [V]
-    where = torch.nonzero(flat_valid).squeeze(1)
-    first = torch.full((len(vocab),), where.numel(), device=where.device).scatter_reduce(
-        0, inverse, torch.arange(where.numel(), device=where.device), reduce="amin")
-    vocab_prompts = prompts.reshape(-1, prompts.shape[-1])[where[first]]                # [V, E]
+    named = prompts.reshape(-1, prompts.shape[-1])[flat_valid]
+    # a noun's text is the mean of its prompts in the batch (whatever their template), so
+    # the loss does not depend on the order of the batch (and so not on the rank count)
+    vocab_prompts = F.normalize(torch.zeros(len(vocab), named.shape[-1], dtype=named.dtype,
+                                            device=named.device).index_add(0, inverse, named), dim=-1)
     present = ((noun_ids[:, :, None] == vocab[None, None]) & valid[:, :, None]).any(dim=1)   # [B, V]
     best = (groups @ vocab_prompts.T).max(dim=1).values                                 # [B, V]
     return F.binary_cross_entropy_with_logits(scale * best + bias, present.float())
