@@ -74,7 +74,7 @@ def test_kmeans_head_drops_its_unused_projections_and_trains_the_rest():
     assert head.stages.layers[0].group_token.grad is None
 
 
-def test_group_mil_loss_is_the_max_group_bce_over_the_batch_vocabulary():
+def test_group_mil_loss_is_the_max_group_bce_over_every_noun_prompt_of_the_batch():
     torch.manual_seed(1)
     e = F.normalize(torch.randn(3, 8), dim=-1)                        # nouns 10, 20, 30
     prompts = torch.stack([e[[0, 1]], e[[2, 2]]])                     # captions {10, 20}, {30}

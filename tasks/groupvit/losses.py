@@ -64,8 +64,9 @@ def group_noun_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Te
 
 def group_mil_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor, noun_ids: torch.Tensor,
                    scale: float = 10.0, bias: float = -5.0) -> torch.Tensor:
-    """Multiple-instance BCE over the global batch's noun vocabulary (each noun's text: the
-    mean of its prompts in the batch): an image names a noun
+    """Multiple-instance BCE of every image against every noun prompt of the global batch
+    (each in its own template; a sum over prompts, so the batch order does not matter and
+    2 ranks equal 1 process): an image names a noun
     iff its best-matching group does (`sigmoid(scale x cosine + bias)`, fixed so that a
     cosine of 0.5 is even odds). The max is the positive's usual MIL form; for an absent
     noun it means *no* group of the image may look like it, which is what keeps background
@@ -79,14 +80,9 @@ def group_mil_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Ten
     flat_ids, flat_valid = noun_ids.reshape(-1), valid.reshape(-1)
     if not bool(flat_valid.any()):
         return (groups.sum() + prompts.sum()) * 0.0
-    vocab, inverse = torch.unique(flat_ids[flat_valid], return_inverse=True)           # [V]
-    named = prompts.reshape(-1, prompts.shape[-1])[flat_valid]
-    # a noun's text is the mean of its prompts in the batch (whatever their template), so
-    # the loss does not depend on the order of the batch (and so not on the rank count)
-    vocab_prompts = F.normalize(torch.zeros(len(vocab), named.shape[-1], dtype=named.dtype,
-                                            device=named.device).index_add(0, inverse, named), dim=-1)
-    present = ((noun_ids[:, :, None] == vocab[None, None]) & valid[:, :, None]).any(dim=1)   # [B, V]
-    best = (groups @ vocab_prompts.T).max(dim=1).values                                 # [B, V]
+    named, named_ids = prompts.reshape(-1, prompts.shape[-1])[flat_valid], flat_ids[flat_valid]   # [K, E], [K]
+    present = ((noun_ids[:, :, None] == named_ids[None, None]) & valid[:, :, None]).any(dim=1)   # [B, K]
+    best = (groups @ named.T).max(dim=1).values                                                  # [B, K]
     return F.binary_cross_entropy_with_logits(scale * best + bias, present.float())
 
 
