@@ -75,8 +75,9 @@ def no_leftovers(out: Path) -> None:
 
 
 def test_groupvit_torchrun_equals_one_process(tmp_path):
-    """The grouping head: gathered InfoNCE + multi-label + group-noun losses and the group
-    count every rank must share: 2 ranks = 1 process. (The official model's 2-rank run
+    """The grouping head (the tiny_world config: k-means stage, MIL loss on): gathered
+    InfoNCE + multi-label + group-noun + MIL losses and the group count every rank must
+    share: 2 ranks = 1 process. (The official model's 2-rank run
     still differs, by 1e-4 in BatchNorm statistics and stage-2 weights: open, docs/groupvit.md.)"""
     model, extra = "head", GROUPVIT
     one = clipheads(tmp_path, "groupvit", "train", "--out", str(tmp_path / "one"), *extra)

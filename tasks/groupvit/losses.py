@@ -65,8 +65,8 @@ def group_noun_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Te
 def group_mil_loss(groups: torch.Tensor, prompts: torch.Tensor, valid: torch.Tensor, noun_ids: torch.Tensor,
                    scale: float = 10.0, bias: float = -5.0) -> torch.Tensor:
     """Multiple-instance BCE of every image against every noun prompt of the global batch
-    (each in its own template; a sum over prompts, so the batch order does not matter and
-    2 ranks equal 1 process): an image names a noun
+    (each in its own template; a mean over every image-prompt pair, so the batch order does
+    not matter and 2 ranks equal 1 process): an image names a noun
     iff its best-matching group does (`sigmoid(scale x cosine + bias)`, fixed so that a
     cosine of 0.5 is even odds). The max is the positive's usual MIL form; for an absent
     noun it means *no* group of the image may look like it, which is what keeps background
