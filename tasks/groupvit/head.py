@@ -107,10 +107,10 @@ class GroupingHead(nn.Module):
             return self.out_proj(grouped.groups.mean(dim=1)), self.out_proj(grouped.groups)
         hard = chain_assignments([a.hard for a in grouped.assignments])          # [B, N, G] one-hot
         weights = hard / (hard.sum(dim=1, keepdim=True) + 1.0)                   # GroupViT's (count + 1)
-        pooled = weights.transpose(1, 2) @ self.token_mlp(grouped.tokens)         # [B, G, C]
-        groups = self.out_proj(pooled)
+        features = self.token_mlp(grouped.tokens)                                # [B, N, C]
+        groups = self.out_proj(weights.transpose(1, 2) @ features)               # [B, G, E]
         if self.cfg.image_embed == "tokens":
-            return self.out_proj(self.token_mlp(grouped.tokens).mean(dim=1)), groups
+            return self.out_proj(features.mean(dim=1)), groups
         used = (hard.sum(dim=1) > 0).to(groups.dtype).detach().unsqueeze(-1)   # empty groups do not vote
         return (groups * used).sum(dim=1) / used.sum(dim=1).clamp(min=1), groups
 
